@@ -1,0 +1,100 @@
+"""Build a classifier by name: our SmallCNN, a torchvision architecture, or a user's factory.
+
+`arch` is one of:
+- `small_cnn` (default): the seed papers' convolutional classifier, sized from the input shape;
+- a torchvision model name (`resnet18`, `mobilenet_v3_small`, ...), built untrained with `num_classes`;
+  grey images are repeated to three channels in front of it;
+- `package.module:factory`: a callable `factory(image_shape, num_classes) -> nn.Module`, importable
+  on every Ray worker (ship it with `--working-dir` or install it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ccc_ray.classifiers.small_cnn import SmallCNN
+from ccc_ray.config import option
+from ccc_ray.errors import CccError
+
+
+@dataclass
+class ClassifierConfig:
+    arch: str = option("small_cnn", "small_cnn | a torchvision model name | package.module:factory")
+    weights: str | None = option(None, "weights file (.safetensors, or a .pt state dict) to start from")
+    width: int = option(32, "small_cnn: channels of the first convolution block")
+    hidden: int = option(256, "small_cnn: units of the hidden fully connected layer")
+    dropout: float = option(0.25, "small_cnn: dropout probability")
+    epochs: int = option(40, "training epochs")
+    batch_size: int = option(64, "global batch size (split across Ray workers)")
+    learning_rate: float = option(1e-3, "Adam learning rate")
+    weight_decay: float = option(1e-4, "Adam weight decay")
+    seed: int = option(0, "seed for initialisation and batch order")
+
+    def validate(self) -> None:
+        for name in ("width", "hidden", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise CccError(f"classifier.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise CccError(f"classifier.dropout: must lie in [0, 1), got {self.dropout}")
+        if self.learning_rate <= 0:
+            raise CccError(f"classifier.learning_rate: must be positive, got {self.learning_rate}")
+
+
+class RepeatGrey(nn.Module):
+    """Repeat a one-channel image to three channels for architectures that expect RGB."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.expand(-1, 3, -1, -1))
+
+
+def build_classifier(config: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """An untrained classifier for images of `image_shape` (C, H, W) and `num_classes` classes, checked to fit."""
+    arch = config.arch
+    if arch == "small_cnn":
+        model: nn.Module = SmallCNN(image_shape, num_classes, config.width, config.hidden, config.dropout)
+    elif ":" in arch:
+        module_name, _, factory_name = arch.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), factory_name)
+        except (ImportError, AttributeError) as error:
+            raise CccError(f"classifier.arch: cannot import {arch!r} ({error})") from None
+        model = factory(tuple(image_shape), num_classes)
+        if not isinstance(model, nn.Module):
+            raise CccError(f"classifier.arch: {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    else:
+        import torchvision.models
+
+        if arch not in torchvision.models.list_models():
+            raise CccError(f"classifier.arch: {arch!r} is neither small_cnn, a torchvision model name, "
+                           "nor package.module:factory")
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        if image_shape[0] == 1:
+            model = RepeatGrey(model)
+    check_classifier_fits(model, image_shape, num_classes, arch)
+    return model
+
+
+def check_classifier_fits(model: nn.Module, image_shape: tuple[int, int, int], num_classes: int, what: str) -> None:
+    """Raise a CccError unless `model` maps a batch of `image_shape` images to `num_classes` logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters(), torch.empty(0)).device
+            logits = model(torch.zeros(2, *image_shape, device=device))
+    except Exception as error:  # noqa: BLE001 - any failure here means the shapes do not fit
+        raise CccError(f"classifier {what!r} does not accept images of shape "
+                       f"{'x'.join(map(str, image_shape))}: {str(error).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    if tuple(logits.shape) != (2, num_classes):
+        raise CccError(f"classifier {what!r} outputs shape {tuple(logits.shape[1:])} per image, "
+                       f"but the data has {num_classes} classes")

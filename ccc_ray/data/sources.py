@@ -1,0 +1,59 @@
+"""Every image source behind one function, `load_dataset(DataConfig)`, returning an ImageDataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ccc_ray.config import option
+from ccc_ray.data.dataset import ImageDataset, seeded_split
+from ccc_ray.errors import CccError
+
+SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn", "image_folder", "parquet")
+
+
+@dataclass
+class DataConfig:
+    name: str = option("digits", f"data set: {' | '.join(SOURCES)}")
+    root: str | None = option(None, "local folder (torchvision sets, image_folder) or Parquet file/folder")
+    download: bool = option(False, "torchvision sets only: download into root if missing")
+    test_fraction: float = option(0.2, "share held out for testing where the source has no test split")
+    split_seed: int = option(0, "seed of the train/test split")
+    image_size: int | None = option(None, "image_folder: resize every image to this square size")
+    channels: int | None = option(None, "image_folder: 1 (grey) or 3 (RGB); default follows the first image")
+
+    def validate(self) -> None:
+        if self.name not in SOURCES:
+            raise CccError(f"data.name: unknown data set {self.name!r}; choose one of {', '.join(SOURCES)}")
+        if self.name not in ("digits",) and not self.root:
+            raise CccError(f"data.root: data set {self.name!r} needs a local root folder or file")
+        if not 0 < self.test_fraction < 1:
+            raise CccError(f"data.test_fraction: must lie in (0, 1), got {self.test_fraction}")
+        if self.channels not in (None, 1, 3):
+            raise CccError(f"data.channels: must be 1 or 3, got {self.channels}")
+        if self.image_size is not None and self.image_size < 4:
+            raise CccError(f"data.image_size: must be at least 4, got {self.image_size}")
+
+
+def load_dataset(config: DataConfig) -> ImageDataset:
+    """Load and split the configured source; the same config gives the same tensors everywhere."""
+    config.validate()
+    name = config.name
+    if name == "digits":
+        from ccc_ray.data.digits import load_digits_arrays
+
+        images, labels, names = load_digits_arrays()
+    elif name == "image_folder":
+        from ccc_ray.data.image_folder import load_image_folder
+
+        images, labels, names = load_image_folder(config.root, config.image_size, config.channels)
+    elif name == "parquet":
+        from ccc_ray.data.parquet_images import load_parquet_images
+
+        images, labels, names = load_parquet_images(config.root)
+    else:
+        from ccc_ray.data.torchvision_sets import load_torchvision_split
+
+        train = load_torchvision_split(name, config.root, True, config.download)
+        test = load_torchvision_split(name, config.root, False, config.download)
+        return ImageDataset(name, train[0], train[1], test[0], test[1], train[2])
+    return ImageDataset(name, *seeded_split(images, labels, config.test_fraction, config.split_seed), names)

@@ -1,0 +1,115 @@
+"""Streaming, atomic Parquet writes of counterfeit batches.
+
+A run's rows go to `<store>/<method>-<run_id>.parquet`. Batches stream into a hidden temporary file
+(memory stays bounded by one batch); only `commit()` renames it into place, so readers never see a half
+file, and re-running a run id replaces its file instead of adding duplicate rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ccc_ray.errors import CccError
+from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, RUN_METADATA_KEY
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Run ids and method names become file names: letters, digits, '.', '_', '-' only."""
+    if not _SAFE_NAME.match(value or ""):
+        raise CccError(f"{what}: {value!r} must be 1-128 letters, digits, '.', '_' or '-', starting alphanumeric")
+    return value
+
+
+def store_file(store: str | Path, method: str, run_id: str) -> Path:
+    return Path(store) / f"{check_name(method, 'method')}-{check_name(run_id, 'run_id')}.parquet"
+
+
+def counterfeit_id(run_id: str, method: str, seed: int, sample_index: int) -> str:
+    """Deterministic row id: the same run regenerates the same ids."""
+    return hashlib.sha256(f"{run_id}\x00{method}\x00{seed}\x00{sample_index}".encode()).hexdigest()[:32]
+
+
+def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
+                      nearest_train_l2: np.ndarray, sample_index: np.ndarray, *, run_id: str, method: str,
+                      classifier_sha256: str, seed: int) -> pa.RecordBatch:
+    """One record batch in COUNTERFEIT_SCHEMA from N x H x W x C uint8 images and per-row arrays."""
+    if images_hwc.dtype != np.uint8 or images_hwc.ndim != 4:
+        raise ValueError("images_hwc must be uint8 N x H x W x C")
+    n, height, width, channels = images_hwc.shape
+    flat = np.ascontiguousarray(images_hwc).reshape(n, -1)
+    size = flat.shape[1]
+    offsets = pa.array(np.arange(0, (n + 1) * size, size, dtype=np.int32))
+    image_column = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], pa.py_buffer(flat.tobytes())])
+    now = datetime.now(timezone.utc)
+    columns = {
+        "id": pa.array([counterfeit_id(run_id, method, seed, int(i)) for i in sample_index], pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "method": pa.array([method] * n, pa.string()),
+        "target": pa.array(targets.astype(np.int32)),
+        "predicted": pa.array(predicted.astype(np.int32)),
+        "confidence": pa.array(confidence.astype(np.float32)),
+        "image": image_column,
+        "height": pa.array(np.full(n, height, np.int32)),
+        "width": pa.array(np.full(n, width, np.int32)),
+        "channels": pa.array(np.full(n, channels, np.int32)),
+        "nearest_train_l2": pa.array(nearest_train_l2.astype(np.float32)),
+        "classifier_sha256": pa.array([classifier_sha256] * n, pa.string()),
+        "seed": pa.array(np.full(n, seed, np.int64)),
+        "sample_index": pa.array(sample_index.astype(np.int64)),
+        "created_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.RecordBatch.from_arrays(list(columns.values()), schema=COUNTERFEIT_SCHEMA)
+
+
+class CounterfeitWriter:
+    """Context manager: `with CounterfeitWriter(...) as w: w.write(batch)`; commits on clean exit only."""
+
+    def __init__(self, store: str | Path, method: str, run_id: str, run_metadata: dict[str, Any],
+                 class_names: list[str]):
+        self.path = store_file(store, method, run_id)
+        ensure_writable_dir(self.path.parent, "output")
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        metadata = {RUN_METADATA_KEY: json.dumps(run_metadata, default=str).encode(),
+                    CLASS_NAMES_KEY: json.dumps(list(class_names)).encode()}
+        self._writer = pq.ParquetWriter(self._tmp, COUNTERFEIT_SCHEMA.with_metadata(metadata), compression="zstd")
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._writer.write_batch(batch)
+            self.rows += batch.num_rows
+
+    def commit(self) -> Path:
+        self._writer.close()
+        with open(self._tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "CounterfeitWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
