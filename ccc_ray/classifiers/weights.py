@@ -7,6 +7,7 @@ with `torch.load(weights_only=True)`, which refuses arbitrary objects.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,39 +65,48 @@ def save_classifier(path: str | Path, model: nn.Module, config: ClassifierConfig
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata from a weights file, refusing anything that is not plain tensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     file = Path(path)
     if not file.is_file():
         raise CccError(f"weights file {str(file)!r} does not exist")
-    raw = file.read_bytes()
-    if file.suffix in (".pt", ".pth", ".bin"):
-        try:
-            import io
+    return parse_weights(file.read_bytes(), file.suffix, str(file))
 
+
+def parse_weights(raw: bytes, suffix: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`read_state_dict` on bytes already in memory (how Ray workers receive a classifier)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if suffix in (".pt", ".pth", ".bin"):
+        try:
             state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - unpickling refused or corrupt
-            raise CccError(f"weights file {str(file)!r} is not a plain tensor state dict "
+            raise CccError(f"weights file {what!r} is not a plain tensor state dict "
                            f"({str(error).splitlines()[0][:160]})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CccError(f"weights file {str(file)!r} must hold a dict of tensors")
+            raise CccError(f"weights file {what!r} must hold a dict of tensors")
         return state, {}
     try:
-        from safetensors import safe_open
-
         state = load(raw)
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        header_size = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8:8 + header_size]).get("__metadata__") or {}
     except (SafetensorError, ValueError, OSError) as error:
-        raise CccError(f"weights file {str(file)!r} is corrupted or not safetensors ({error})") from None
+        raise CccError(f"weights file {what!r} is corrupted or not safetensors ({error})") from None
     return state, metadata
 
 
 def load_classifier(path: str | Path, image_shape: tuple[int, int, int] | None = None,
                     num_classes: int | None = None) -> tuple[nn.Module, ClassifierInfo]:
     """Rebuild a classifier saved by `save_classifier`, in eval mode on the CPU, checked against the data."""
-    state, metadata = read_state_dict(path)
+    file = Path(path)
+    if not file.is_file():
+        raise CccError(f"weights file {str(file)!r} does not exist")
+    return classifier_from_bytes(file.read_bytes(), str(file), image_shape, num_classes)
+
+
+def classifier_from_bytes(raw: bytes, path: str, image_shape: tuple[int, int, int] | None = None,
+                          num_classes: int | None = None) -> tuple[nn.Module, ClassifierInfo]:
+    """`load_classifier` on the file's bytes; `path` only names it in errors."""
+    state, metadata = parse_weights(raw, ".safetensors", path)
     if METADATA_KEY not in metadata:
         raise CccError(f"weights file {str(path)!r} has no ccc-ray classifier metadata; "
                        "train it with `ccc-ray train-classifier`, or pass it as classifier.weights")

@@ -1,0 +1,96 @@
+"""The job config: every section in one typed tree, shared by all subcommands and Ray workers.
+
+One YAML shape serves every stage (`train-classifier`, `train-generator`, `generate`, `pipeline`), so a
+file written by one stage or by a Tune search is accepted unchanged by the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccc_ray.classifiers.build import ClassifierConfig
+from ccc_ray.config import option
+from ccc_ray.data.sources import DataConfig
+from ccc_ray.errors import CccError
+from ccc_ray.methods.inversion import InversionConfig
+from ccc_ray.store.writer import check_name
+
+
+@dataclass
+class RunSettings:
+    run_id: str = option("default", "name of this run: outputs go to output_dir/run_id; the same id resumes")
+    output_dir: str = option("ccc-runs", "folder for classifier, generator, counterfeits and reports")
+    storage_path: str | None = option(None, "Ray Train checkpoint storage every node can reach "
+                                            "(default: output_dir/run_id/ray; use NFS or s3:// on clusters)")
+    classifier_path: str | None = option(None, "classifier file (default: output_dir/run_id/classifier.safetensors)")
+    generator_path: str | None = option(None, "generator file (default: output_dir/run_id/generator-<method>.safetensors)")
+    store_path: str | None = option(None, "Parquet counterfeit store folder (default: output_dir/run_id/counterfeits)")
+    num_workers: int = option(1, "Ray Train workers (data-parallel); one is right for small data")
+    use_gpu: bool | None = option(None, "train on GPUs: true, false, or none = when the cluster has GPUs")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per Ray Train worker")
+    checkpoint_every: int = option(100, "generator: checkpoint every N steps (the classifier checkpoints every epoch)")
+    max_failures: int = option(0, "worker failures Ray Train recovers from (restoring the last checkpoint)")
+
+    def validate(self) -> None:
+        check_name(self.run_id, "run.run_id")
+        if self.num_workers < 1:
+            raise CccError(f"run.num_workers: must be at least 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise CccError(f"run.cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        if self.checkpoint_every < 1:
+            raise CccError(f"run.checkpoint_every: must be at least 1, got {self.checkpoint_every}")
+        if self.max_failures < -1:
+            raise CccError(f"run.max_failures: must be -1 (unlimited) or >= 0, got {self.max_failures}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).absolute() / self.run_id
+
+    @property
+    def classifier_file(self) -> Path:
+        return Path(self.classifier_path).absolute() if self.classifier_path else self.run_dir / "classifier.safetensors"
+
+    def generator_file(self, method: str) -> Path:
+        return Path(self.generator_path).absolute() if self.generator_path else self.run_dir / f"generator-{method}.safetensors"
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.store_path).absolute() if self.store_path else self.run_dir / "counterfeits"
+
+    @property
+    def ray_storage(self) -> str:
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path
+        return os.fspath(Path(self.storage_path).absolute() if self.storage_path else self.run_dir / "ray")
+
+
+@dataclass
+class GenerateSettings:
+    method: str = option("inversion", "which trained generator samples the counterfeits")
+    per_class: int = option(100, "counterfeits sampled per class")
+    threshold: float = option(0.99, "keep counterfeits whose target confidence (on the stored uint8 image) >= this")
+    seed: int = option(1, "seed of the latent draws")
+    batch_size: int = option(1000, "images sampled and scored per batch (bounds memory)")
+
+    def validate(self) -> None:
+        from ccc_ray.methods import GENERATOR_METHODS
+
+        if self.method not in GENERATOR_METHODS:
+            raise CccError(f"generate.method: unknown method {self.method!r}; choose {', '.join(GENERATOR_METHODS)}")
+        if not 0 < self.threshold <= 1:
+            raise CccError(f"generate.threshold: must lie in (0, 1], got {self.threshold}")
+        if self.per_class < 1:
+            raise CccError(f"generate.per_class: must be at least 1, got {self.per_class}")
+        if self.batch_size < 1:
+            raise CccError(f"generate.batch_size: must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    generator: InversionConfig = field(default_factory=InversionConfig)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    run: RunSettings = field(default_factory=RunSettings)
