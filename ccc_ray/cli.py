@@ -10,7 +10,12 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from ccc_ray.config import add_config_arguments, load_config, overrides_from_args, write_yaml
+from ccc_ray.config import (
+    add_config_arguments,
+    load_config,
+    overrides_from_args,
+    write_yaml,
+)
 from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
 
@@ -43,7 +48,13 @@ def _generate(job: JobConfig) -> None:
 
 
 def _pipeline(job: JobConfig) -> None:
-    from ccc_ray.stages import dumps, run_generate, run_train_classifier, run_train_generator, summary_line
+    from ccc_ray.stages import (
+        dumps,
+        run_generate,
+        run_train_classifier,
+        run_train_generator,
+        summary_line,
+    )
 
     print("== train-classifier", flush=True)
     print(dumps(run_train_classifier(job)), flush=True)

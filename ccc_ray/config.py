@@ -14,7 +14,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
 

@@ -17,10 +17,14 @@ from tqdm import tqdm
 from ccc_ray.classifiers.training import predict_logits
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
-from ccc_ray.quality import dequantize, nearest_distances, per_class_diversity_ratio, quantize
+from ccc_ray.quality import (
+    dequantize,
+    nearest_distances,
+    per_class_diversity_ratio,
+    quantize,
+)
 from ccc_ray.storage import atomic_write_bytes
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
-
 
 DIVERSITY_SAMPLE_PER_CLASS = 200
 
@@ -86,6 +90,9 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
             kept_targets.append(targets[retain])
             kept_distances.append(distances)
             bar.update(len(targets))
+        if not kept_per_class.any():  # raising inside the writer's block aborts it: no empty store file
+            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {threshold}; "
+                           "train the generator longer (--generator.steps) or lower --generate.threshold")
     kept = torch.cat(kept_images)
     kept_t = torch.cat(kept_targets)
     distances = torch.cat(kept_distances)

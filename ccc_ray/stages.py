@@ -26,7 +26,6 @@ def default_device() -> torch.device:
 def run_train_classifier(job: JobConfig) -> dict:
     from ccc_ray.orchestration.train_classifier import train_classifier
 
-    ensure_writable_dir(job.run.run_dir, "run.output_dir")
     info, metrics = train_classifier(job)
     return {"classifier_file": str(job.run.classifier_file), "classifier_sha256": info.sha256,
             "test_accuracy": metrics.get("test_accuracy"), "epochs": metrics.get("epoch")}
@@ -35,13 +34,11 @@ def run_train_classifier(job: JobConfig) -> dict:
 def run_train_generator(job: JobConfig) -> dict:
     from ccc_ray.orchestration.train_generator import train_generator
 
-    ensure_writable_dir(job.run.run_dir, "run.output_dir")
     path, metrics = train_generator(job, job.generate.method)
     return {"generator_file": path, "steps": metrics.get("step"), "final_confidence": metrics.get("confidence")}
 
 
 def run_generate(job: JobConfig, progress: bool = True) -> GenerateReport:
-    ensure_writable_dir(job.run.store_dir, "run.store_path")
     dataset = load_dataset(job.data)
     classifier, info = load_classifier(job.run.classifier_file, dataset.image_shape, dataset.num_classes)
     device = default_device()
@@ -49,6 +46,8 @@ def run_generate(job: JobConfig, progress: bool = True) -> GenerateReport:
     if meta["classifier_sha256"] != info.sha256:
         raise CccError(f"the generator was trained against classifier {meta['classifier_sha256'][:12]}, "
                        f"but {str(job.run.classifier_file)!r} is {info.sha256[:12]}; retrain the generator")
+    ensure_writable_dir(job.run.store_dir, "run.store_path")
+    ensure_writable_dir(job.run.run_dir, "run.output_dir")
     classifier.to(device)
     run_metadata = {"config": asdict(job), "classifier_sha256": info.sha256, "generator_steps": meta.get("steps"),
                     "versions": _versions()}

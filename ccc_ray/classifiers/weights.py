@@ -15,7 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ccc_ray.classifiers.build import ClassifierConfig, build_classifier, check_classifier_fits
+from ccc_ray.classifiers.build import (
+    ClassifierConfig,
+    build_classifier,
+    check_classifier_fits,
+)
 from ccc_ray.config import config_from_dict
 from ccc_ray.errors import CccError
 from ccc_ray.storage import atomic_write_bytes
@@ -45,7 +49,8 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(inner.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ccc_ray.config import option
 from ccc_ray.data.dataset import ImageDataset, seeded_split
 from ccc_ray.errors import CccError
@@ -18,8 +20,8 @@ class DataConfig:
     download: bool = option(False, "torchvision sets only: download into root if missing")
     test_fraction: float = option(0.2, "share held out for testing where the source has no test split")
     split_seed: int = option(0, "seed of the train/test split")
-    image_size: int | None = option(None, "image_folder: resize every image to this square size")
-    channels: int | None = option(None, "image_folder: 1 (grey) or 3 (RGB); default follows the first image")
+    image_size: int | None = option(None, "resize every image to this square size (default: the source's own)")
+    channels: int | None = option(None, "1 (grey) or 3 (RGB); default: the source's own (image_folder: the first image's)")
 
     def validate(self) -> None:
         if self.name not in SOURCES:
@@ -55,5 +57,21 @@ def load_dataset(config: DataConfig) -> ImageDataset:
 
         train = load_torchvision_split(name, config.root, True, config.download)
         test = load_torchvision_split(name, config.root, False, config.download)
-        return ImageDataset(name, train[0], train[1], test[0], test[1], train[2])
+        return ImageDataset(name, conform(train[0], config), train[1], conform(test[0], config), test[1], train[2])
+    images = conform(images, config)
     return ImageDataset(name, *seeded_split(images, labels, config.test_fraction, config.split_seed), names)
+
+
+def conform(images: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """Apply `image_size` and `channels` to any source (grey <-> RGB by luminance or repetition)."""
+    if config.channels is not None and images.shape[1] != config.channels:
+        if config.channels == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+            images = (images * weights).sum(1, keepdim=True)
+        else:
+            images = images.repeat(1, 3, 1, 1)
+    if config.image_size is not None and tuple(images.shape[2:]) != (config.image_size, config.image_size):
+        images = torch.nn.functional.interpolate(images, size=(config.image_size, config.image_size),
+                                                 mode="bilinear", antialias=True, align_corners=False)
+        images = images.clamp(0, 1)
+    return images.contiguous()

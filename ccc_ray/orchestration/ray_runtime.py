@@ -19,10 +19,14 @@ def ensure_ray() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Our workers print one progress line per checkpoint; Train's print patch would echo each line twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="warning")
+        # The dashboard hosts the State API that Train's placement-group cleaner polls; without it every
+        # run logs a warning per second.
+        ray.init(log_to_driver=True, configure_logging=True, logging_level="warning")
 
 
 def resolve_use_gpu(run: RunSettings) -> bool:
@@ -45,6 +49,7 @@ def run_config(run: RunSettings, name: str) -> ray.train.RunConfig:
     return ray.train.RunConfig(
         name=name, storage_path=run.ray_storage,
         failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+        logging_config=ray.train.LoggingConfig(log_level=os.environ.get("CCC_RAY_TRAIN_LOG_LEVEL", "WARNING")),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
 
 
@@ -93,3 +98,14 @@ def fit(train_loop, loop_config: dict, run: RunSettings, name: str, what: str):
     if result.checkpoint is None:
         raise CccError(f"{what} reported no checkpoint")
     return result
+
+
+def quiet_worker_logs() -> None:
+    """Call first in a train loop: Train logs every report (metrics and checkpoint path) at INFO under a
+    logger named after its source file, outside the `ray.train` level that LoggingConfig sets."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    if os.environ.get("CCC_RAY_TRAIN_LOG_LEVEL", "WARNING").upper() != "INFO":
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)

@@ -12,18 +12,26 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ccc_ray.classifiers.build import build_classifier
 from ccc_ray.classifiers.training import accuracy, train_epoch
-from ccc_ray.classifiers.weights import ClassifierInfo, load_initial_weights, save_classifier
+from ccc_ray.classifiers.weights import (
+    ClassifierInfo,
+    load_initial_weights,
+    save_classifier,
+)
 from ccc_ray.data.sources import load_dataset
-from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
-from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
-from ccc_ray.orchestration.ray_runtime import claim_run, fit
+from ccc_ray.orchestration.checkpoints import (
+    checkpoint_to_report,
+    load_checkpoint_state,
+)
+from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
+from ccc_ray.storage import ensure_writable_dir
 
 AUGMENT_MAX_SHIFT = 1  # pixels; small translations help small-image classifiers generalise
 
 
 def classifier_train_loop(loop_config: dict) -> None:
     job: JobConfig = loop_config["job"]
+    quiet_worker_logs()
     cfg = job.classifier
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -41,6 +49,8 @@ def classifier_train_loop(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
+        if rank == 0:
+            print(f"[train-classifier] resumed from the checkpoint after epoch {start_epoch}", flush=True)
     model = ray.train.torch.prepare_model(model)
     loader = DataLoader(TensorDataset(dataset.train_images, dataset.train_labels),
                         batch_size=max(1, cfg.batch_size // world), shuffle=True,
@@ -69,7 +79,8 @@ def train_classifier(job: JobConfig) -> tuple[ClassifierInfo, dict]:
     probe = build_classifier(job.classifier, dataset.image_shape, dataset.num_classes)
     load_initial_weights(probe, job.classifier, dataset.image_shape, dataset.num_classes)
     output = job.run.classifier_file
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output.parent, "run.classifier_path")
+    ensure_writable_dir(job.run.run_dir, "run.output_dir")
     name = f"{job.run.run_id}-classifier"
     claim_run(job.run, name, {"classifier": asdict(job.classifier), "data": asdict(job.data)})
     result = fit(classifier_train_loop, {"job": job}, job.run, name, "classifier training")

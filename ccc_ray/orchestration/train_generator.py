@@ -14,12 +14,17 @@ import ray.train.torch
 import torch
 
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes
+from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
 from ccc_ray.methods import GENERATOR_METHODS
 from ccc_ray.methods.generator_file import save_generator
-from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
-from ccc_ray.orchestration.ray_runtime import claim_run, fit
+from ccc_ray.orchestration.checkpoints import (
+    checkpoint_to_report,
+    load_checkpoint_state,
+)
+from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
+from ccc_ray.storage import ensure_writable_dir
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
@@ -28,6 +33,7 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device) -> tor
 
 def generator_train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
+    quiet_worker_logs()
     job: JobConfig = loop_config["job"]
     method_name: str = loop_config["method"]
     cfg = job.generator
@@ -42,6 +48,8 @@ def generator_train_loop(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         method.load_state_dict(load_checkpoint_state(checkpoint))
+        if rank == 0:
+            print(f"[train-generator] resumed from the checkpoint at step {method.step}", flush=True)
     method.generator = ray.train.torch.prepare_model(method.generator)
     per_worker_batch = max(1, cfg.batch_size // world)
 
@@ -65,8 +73,11 @@ def train_generator(job: JobConfig, method_name: str = "inversion") -> tuple[str
         raise CccError(f"run.classifier_path: {str(classifier_path)!r} does not exist; "
                        "run `ccc-ray train-classifier` first or point --run.classifier_path at a classifier file")
     classifier_bytes = classifier_path.read_bytes()
-    _, info = classifier_from_bytes(classifier_bytes, str(classifier_path))
+    dataset = load_dataset(job.data)  # fail fast on the driver, before any worker starts
+    _, info = classifier_from_bytes(classifier_bytes, str(classifier_path), dataset.image_shape, dataset.num_classes)
     _check_data_matches(job, info)
+    ensure_writable_dir(job.run.generator_file(method_name).parent, "run.generator_path")
+    ensure_writable_dir(job.run.run_dir, "run.output_dir")
     name = f"{job.run.run_id}-generator-{method_name}"
     claim_run(job.run, name, {"generator": asdict(job.generator), "classifier_sha256": info.sha256})
     loop_config = {"job": job, "method": method_name, "classifier_bytes": classifier_bytes,
@@ -76,7 +87,6 @@ def train_generator(job: JobConfig, method_name: str = "inversion") -> tuple[str
     method = method_cls(job.generator, info.image_shape, info.num_classes)
     method.load_state_dict(load_checkpoint_state(result.checkpoint))
     output = job.run.generator_file(method_name)
-    output.parent.mkdir(parents=True, exist_ok=True)
     save_generator(output, method, info.image_shape, list(info.class_names), info.sha256)
     return str(output), dict(result.metrics or {})
 

@@ -1,6 +1,11 @@
 """The Parquet counterfeit store: schema, streaming atomic writer, validated reader."""
 
-from ccc_ray.store.reader import read_store, store_class_names, store_files, table_images
+from ccc_ray.store.reader import (
+           read_store,
+           store_class_names,
+           store_files,
+           table_images,
+)
 from ccc_ray.store.schema import COUNTERFEIT_SCHEMA
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch, store_file
 

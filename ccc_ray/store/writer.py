@@ -49,7 +49,7 @@ def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np
     if images_hwc.dtype != np.uint8 or images_hwc.ndim != 4:
         raise ValueError("images_hwc must be uint8 N x H x W x C")
     n, height, width, channels = images_hwc.shape
-    flat = np.ascontiguousarray(images_hwc).reshape(n, -1)
+    flat = np.ascontiguousarray(images_hwc).reshape(n, height * width * channels)
     size = flat.shape[1]
     offsets = pa.array(np.arange(0, (n + 1) * size, size, dtype=np.int32))
     image_column = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], pa.py_buffer(flat.tobytes())])

@@ -1,0 +1,151 @@
+"""Gradient ascent on the input: the white-box way to fooling images.
+
+Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), section 3.7, after
+Simonyan et al. Starting from noise around the middle of the value range, backpropagate to the image to
+maximise the target class's (log-)probability, with an L2 penalty that pulls the image back toward
+grey (the paper multiplies the mean-subtracted image by 1 - 0.01 after each step), keep pixels in range,
+300 steps. We use Adam, optimise every target of the batch at once, and stop each image as soon as its
+confidence reaches the threshold (its image at that step is the one returned).
+
+Pixels stay in [0, 1] either by a sigmoid parameterisation (the default: image = sigmoid(parameter), so
+gradients never die at the bounds) or by clipping after each step (the paper's choice).
+
+Contract: the classifier is a differentiable callable from float32 N x C x H x W in [0, 1] to N x K
+logits (a torch module: ONNX sessions give no gradient); `sample(targets, seed)` returns float32
+N x C x H x W in [0, 1]. The same seed gives the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ccc_ray.config import option
+from ccc_ray.errors import CccError
+from ccc_ray.methods.base import ClassifierFn
+from ccc_ray.methods.map_elites import check_classifier_fn, check_targets, classifier_eval_mode
+
+GREY = 0.5  # the centre of the value range: the start and the point the L2 penalty pulls toward
+
+
+@dataclass
+class GradientAscentConfig:
+    steps: int = option(300, "optimiser steps at most (paper: 300)")
+    learning_rate: float = option(0.1, "Adam learning rate, on the sigmoid's input or on the pixels")
+    objective: Literal["log_probability", "probability"] = option(
+        "log_probability", "maximise log p(target) (strong gradients far from the goal) or p(target) (paper)")
+    parameterization: Literal["sigmoid", "clamp"] = option(
+        "sigmoid", "keep pixels in [0, 1] by image = sigmoid(parameter), or by clipping after each step")
+    start: Literal["noise", "gray"] = option("noise", "start from grey plus seeded Gaussian noise, or plain grey")
+    noise_std: float = option(0.1, "standard deviation of the starting noise around grey, in pixel units")
+    l2_weight: float = option(0.01, "weight of the squared distance of the image from grey (summed over pixels)")
+    threshold: float = option(0.99, "an image stops once its target confidence reaches this")
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise CccError(f"gradient_ascent.steps: must be >= 0, got {self.steps}")
+        if self.learning_rate <= 0:
+            raise CccError(f"gradient_ascent.learning_rate: must be positive, got {self.learning_rate}")
+        if self.objective not in ("log_probability", "probability"):
+            raise CccError(f"gradient_ascent.objective: must be log_probability or probability, "
+                           f"got {self.objective!r}")
+        if self.parameterization not in ("sigmoid", "clamp"):
+            raise CccError(f"gradient_ascent.parameterization: must be sigmoid or clamp, "
+                           f"got {self.parameterization!r}")
+        if self.start not in ("noise", "gray"):
+            raise CccError(f"gradient_ascent.start: must be noise or gray, got {self.start!r}")
+        if self.noise_std < 0:
+            raise CccError(f"gradient_ascent.noise_std: must be >= 0, got {self.noise_std}")
+        if self.l2_weight < 0:
+            raise CccError(f"gradient_ascent.l2_weight: must be >= 0, got {self.l2_weight}")
+        if not 0 < self.threshold <= 1:
+            raise CccError(f"gradient_ascent.threshold: must lie in (0, 1], got {self.threshold}")
+
+
+@dataclass
+class GradientAscentResult:
+    """One optimised image per target."""
+
+    images: torch.Tensor  # N x C x H x W float32 in [0, 1]
+    confidences: torch.Tensor  # N float32: each image's target-class confidence
+    steps_to_threshold: torch.Tensor  # N int64: Adam steps until the threshold was reached, -1 never
+
+    @property
+    def fooled(self) -> torch.Tensor:
+        return self.steps_to_threshold >= 0
+
+
+class GradientAscent:
+    """Fooling images by gradient ascent against a fixed, differentiable classifier; nothing to fit."""
+
+    name = "gradient_ascent"
+
+    def __init__(self, config: GradientAscentConfig, classifier_fn: ClassifierFn, image_shape: tuple[int, int, int],
+                 num_classes: int, device: torch.device | str = "cpu"):
+        config.validate()
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise CccError(f"gradient_ascent: image shape must be (C, H, W) with positive sizes, got {image_shape}")
+        self.config = config
+        self.classifier_fn = classifier_fn
+        self.image_shape = tuple(int(size) for size in image_shape)
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        check_classifier_fn(classifier_fn, self.image_shape, num_classes, self.device, differentiable=True)
+
+    def _start(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Starting images, count x C x H x W in [0, 1]."""
+        images = torch.full((count, *self.image_shape), GREY, device=self.device)
+        if self.config.start == "noise":
+            noise = torch.randn(images.shape, generator=generator, device=self.device)
+            images = (images + self.config.noise_std * noise).clamp(0, 1)
+        return images
+
+    def _image(self, parameter: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(parameter) if self.config.parameterization == "sigmoid" else parameter
+
+    def run(self, targets: torch.Tensor, seed: int) -> GradientAscentResult:
+        """Optimise one image per target, all in one batch, each until its confidence reaches the threshold."""
+        cfg = self.config
+        targets = check_targets(targets, self.num_classes).to(self.device)
+        count = len(targets)
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        start = self._start(count, generator)
+        if cfg.parameterization == "sigmoid":
+            parameter = torch.logit(start.clamp(1e-3, 1 - 1e-3))
+        else:
+            parameter = start.clone()
+        parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam([parameter], lr=cfg.learning_rate)
+        rows = torch.arange(count, device=self.device)
+        images = start.clone()
+        steps_to_threshold = torch.full((count,), -1, dtype=torch.int64, device=self.device)
+        active = torch.ones(count, dtype=torch.bool, device=self.device)
+        with classifier_eval_mode(self.classifier_fn):
+            for step in range(cfg.steps + 1):
+                current = self._image(parameter)
+                log_p = torch.log_softmax(self.classifier_fn(current).float(), dim=1)[rows, targets]
+                # Record the images still running; an image that reaches the threshold keeps this step's pixels.
+                images[active] = current.detach()[active]
+                reached = active & (log_p.detach().exp() >= cfg.threshold)
+                steps_to_threshold[reached] = step
+                active &= ~reached
+                if not active.any() or step == cfg.steps:
+                    break
+                objective = log_p if cfg.objective == "log_probability" else log_p.exp()
+                penalty = (current - GREY).pow(2).flatten(1).sum(1)
+                loss = ((cfg.l2_weight * penalty - objective) * active).sum()
+                # autograd.grad, not backward: the classifier's own .grad stays untouched.
+                (parameter.grad,) = torch.autograd.grad(loss, parameter)
+                optimizer.step()
+                if cfg.parameterization == "clamp":
+                    with torch.no_grad():
+                        parameter.clamp_(0, 1)
+            with torch.no_grad():
+                confidences = torch.softmax(self.classifier_fn(images).float(), dim=1)[rows, targets]
+        return GradientAscentResult(images, confidences, steps_to_threshold)
+
+    def sample(self, targets: torch.Tensor, seed: int) -> torch.Tensor:
+        """Images N x C x H x W in [0, 1], one per entry of `targets`; the same seed gives the same images."""
+        return self.run(targets, seed).images
