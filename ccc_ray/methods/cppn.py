@@ -1,7 +1,7 @@
 """Indirect encoding for evolving fooling images: a compositional pattern-producing network (CPPN) per genome.
 
-Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), section 2.2, after
-Stanley's CPPNs and NEAT; details from the authors' code (Evolving-AI-Lab/fooling): networks start with
+Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), the indirect
+encoding, after Stanley's CPPNs and NEAT; details from the authors' code (Evolving-AI-Lab/fooling): networks start with
 no hidden nodes; per-offspring mutation rates add-connection 0.5, delete-connection 0.3, add-node 0.5,
 delete-node 0.2; weights by polynomial mutation (eta 15, per-weight rate 0.1) within [-10, 10].
 
@@ -153,54 +153,57 @@ class Cppn:
         """Children of `parents`: each structural mutation applies per child with its rate, then weights.
 
         `generation` is unused (the CPPN's rates are constant); it keeps the encoding interface uniform.
+        Each operator works on the rows it selected only, so its cost follows its rate.
         """
         cfg, children = self.config, parents.clone()
-        count = len(children)
 
-        def chance(rate: float) -> torch.Tensor:
-            return torch.rand(count, generator=generator, device=self.device) < rate
+        def chosen(rate: float) -> torch.Tensor:
+            return torch.nonzero(torch.rand(len(children), generator=generator, device=self.device) < rate).squeeze(1)
 
-        self._delete_node(children, chance(cfg.delete_node_rate), generator)
-        self._delete_connection(children, chance(cfg.delete_connection_rate), generator)
-        self._add_node(children, chance(cfg.add_node_rate), generator)
-        self._add_connection(children, chance(cfg.add_connection_rate), generator)
-        self._change_activation(children, chance(cfg.change_activation_rate), generator)
-        chosen = children.connected & (torch.rand(children.weights.shape, generator=generator,
-                                                  device=self.device) < cfg.weight_mutation_rate)
+        self._delete_node(children, chosen(cfg.delete_node_rate), generator)
+        self._delete_connection(children, chosen(cfg.delete_connection_rate), generator)
+        self._add_node(children, chosen(cfg.add_node_rate), generator)
+        self._add_connection(children, chosen(cfg.add_connection_rate), generator)
+        self._change_activation(children, chosen(cfg.change_activation_rate), generator)
+        perturbed = children.connected.clone()  # draws for existing connections only
+        perturbed[children.connected] = torch.rand(int(children.connected.sum()), generator=generator,
+                                                   device=self.device) < cfg.weight_mutation_rate
         children.weights = polynomial_mutation(children.weights, -cfg.weight_range, cfg.weight_range,
-                                               cfg.distribution_index, chosen, generator)
+                                               cfg.distribution_index, perturbed, generator)
         return children
 
-    def _hidden_used(self, genomes: CppnGenomes) -> torch.Tensor:
-        used = torch.zeros_like(genomes.order, dtype=torch.bool)
-        used[:, self.hidden] = torch.isfinite(genomes.order[:, self.hidden])
+    def _hidden_used(self, order: torch.Tensor) -> torch.Tensor:
+        """R x N bool: the used hidden slots, for order keys R x N."""
+        used = torch.zeros_like(order, dtype=torch.bool)
+        used[:, self.hidden] = torch.isfinite(order[:, self.hidden])
         return used
 
-    def _delete_node(self, genomes: CppnGenomes, which: torch.Tensor, generator: torch.Generator) -> None:
-        node, has = _random_pick(self._hidden_used(genomes), generator)
-        rows = torch.nonzero(which & has).squeeze(1)
-        node = node[rows]
+    def _delete_node(self, genomes: CppnGenomes, rows: torch.Tensor, generator: torch.Generator) -> None:
+        node, has = _random_pick(self._hidden_used(genomes.order[rows]), generator)
+        rows, node = rows[has], node[has]
         genomes.connected[rows, node, :] = False
         genomes.connected[rows, :, node] = False
         genomes.weights[rows, node, :] = 0.0
         genomes.weights[rows, :, node] = 0.0
         genomes.order[rows, node] = float("inf")
 
-    def _delete_connection(self, genomes: CppnGenomes, which: torch.Tensor, generator: torch.Generator) -> None:
-        edge, has = _random_pick(genomes.connected.flatten(1), generator)
-        rows = torch.nonzero(which & has).squeeze(1)
-        genomes.connected.view(len(genomes), -1)[rows, edge[rows]] = False
-        genomes.weights.view(len(genomes), -1)[rows, edge[rows]] = 0.0
+    def _delete_connection(self, genomes: CppnGenomes, rows: torch.Tensor, generator: torch.Generator) -> None:
+        edge, has = _random_pick(genomes.connected[rows].flatten(1), generator)
+        rows, edge = rows[has], edge[has]
+        n = self.num_nodes
+        genomes.connected[rows, edge // n, edge % n] = False
+        genomes.weights[rows, edge // n, edge % n] = 0.0
 
-    def _add_node(self, genomes: CppnGenomes, which: torch.Tensor, generator: torch.Generator) -> None:
+    def _add_node(self, genomes: CppnGenomes, rows: torch.Tensor, generator: torch.Generator) -> None:
         """NEAT's split: j -> i becomes j -> new (weight 1) and new -> i (the old weight)."""
         n = self.num_nodes
-        edge, has_edge = _random_pick(genomes.connected.flatten(1), generator)
-        free = torch.zeros_like(genomes.order, dtype=torch.bool)
-        free[:, self.hidden] = torch.isinf(genomes.order[:, self.hidden])
+        edge, has_edge = _random_pick(genomes.connected[rows].flatten(1), generator)
+        order = genomes.order[rows]
+        free = torch.zeros_like(order, dtype=torch.bool)
+        free[:, self.hidden] = torch.isinf(order[:, self.hidden])
         slot, has_slot = _random_pick(free, generator)
-        rows = torch.nonzero(which & has_edge & has_slot).squeeze(1)
-        target, source, slot = edge[rows] // n, edge[rows] % n, slot[rows]
+        keep = has_edge & has_slot
+        rows, target, source, slot = rows[keep], edge[keep] // n, edge[keep] % n, slot[keep]
         old = genomes.weights[rows, target, source]
         genomes.connected[rows, target, source] = False
         genomes.weights[rows, target, source] = 0.0
@@ -212,22 +215,24 @@ class Cppn:
         genomes.activations[rows, slot] = torch.randint(len(ACTIVATIONS), (len(rows),), generator=generator,
                                                         device=self.device)
 
-    def _add_connection(self, genomes: CppnGenomes, which: torch.Tensor, generator: torch.Generator) -> None:
+    def _add_connection(self, genomes: CppnGenomes, rows: torch.Tensor, generator: torch.Generator) -> None:
         """A new connection between two used nodes, from the smaller key to the larger, where none is."""
-        order = genomes.order
+        n = self.num_nodes
+        order = genomes.order[rows]
         used = torch.isfinite(order)
-        allowed = (order[:, None, :] < order[:, :, None]) & used[:, None, :] & used[:, :, None] & ~genomes.connected
+        allowed = ((order[:, None, :] < order[:, :, None]) & used[:, None, :] & used[:, :, None]
+                   & ~genomes.connected[rows])
         edge, has = _random_pick(allowed.flatten(1), generator)
-        rows = torch.nonzero(which & has).squeeze(1)
-        genomes.connected.view(len(genomes), -1)[rows, edge[rows]] = True
-        genomes.weights.view(len(genomes), -1)[rows, edge[rows]] = self._new_weights((len(rows),), generator)
+        rows, edge = rows[has], edge[has]
+        genomes.connected[rows, edge // n, edge % n] = True
+        genomes.weights[rows, edge // n, edge % n] = self._new_weights((len(rows),), generator)
 
-    def _change_activation(self, genomes: CppnGenomes, which: torch.Tensor, generator: torch.Generator) -> None:
-        node, has = _random_pick(self._hidden_used(genomes), generator)
-        rows = torch.nonzero(which & has).squeeze(1)
+    def _change_activation(self, genomes: CppnGenomes, rows: torch.Tensor, generator: torch.Generator) -> None:
+        node, has = _random_pick(self._hidden_used(genomes.order[rows]), generator)
+        rows, node = rows[has], node[has]
         # Draw among the other activations, so a change always changes something.
         shift = torch.randint(1, len(ACTIVATIONS), (len(rows),), generator=generator, device=self.device)
-        genomes.activations[rows, node[rows]] = (genomes.activations[rows, node[rows]] + shift) % len(ACTIVATIONS)
+        genomes.activations[rows, node] = (genomes.activations[rows, node] + shift) % len(ACTIVATIONS)
 
     # ---- rendering -----------------------------------------------------------------------------------
 

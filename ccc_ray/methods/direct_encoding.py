@@ -1,8 +1,8 @@
 """Direct encoding for evolving fooling images: every pixel is a gene.
 
 Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled: High Confidence Predictions for
-Unrecognizable Images" (CVPR 2015), section 2.2. Genomes are initialised uniformly at random over the
-full value range; each pixel is mutated with probability 0.1, a rate that halves every 1,000
+Unrecognizable Images" (CVPR 2015), the direct encoding. Genomes are initialised uniformly at random
+over the full value range; each pixel is mutated with probability 0.1, a rate that halves every 1,000
 generations; a chosen pixel gets Deb's polynomial mutation with a fixed strength (distribution index) 15.
 
 Contract: genomes are float32 P x C x H x W in [0, 1]; `render` is the identity, so a genome is its image.
@@ -43,15 +43,18 @@ def polynomial_mutation(values: torch.Tensor, low: float, high: float, eta: floa
     `values` lie in [low, high]; the result does too. Larger `eta` keeps the child closer to the parent,
     and the step shrinks near a bound so that the bound is reachable but never crossed.
     """
+    picked = values[mask]  # only the chosen entries are computed: a mutation rate of 0.1 skips 90%
     span = high - low
-    u = torch.rand(values.shape, generator=generator, device=values.device, dtype=values.dtype)
+    u = torch.rand(picked.shape, generator=generator, device=values.device, dtype=values.dtype)
     power = 1.0 / (eta + 1.0)
-    below = (values - low) / span  # delta_1: distance to the lower bound, in spans
-    above = (high - values) / span  # delta_2
+    below = (picked - low) / span  # delta_1: distance to the lower bound, in spans
+    above = (high - picked) / span  # delta_2
     down = (2 * u + (1 - 2 * u) * (1 - below).pow(eta + 1)).pow(power) - 1
     up = 1 - (2 * (1 - u) + 2 * (u - 0.5) * (1 - above).pow(eta + 1)).pow(power)
     step = torch.where(u < 0.5, down, up) * span
-    return torch.where(mask, (values + step).clamp(low, high), values)
+    mutated = values.clone()
+    mutated[mask] = (picked + step).clamp(low, high)
+    return mutated
 
 
 class DirectEncoding:

@@ -1,7 +1,7 @@
 """MAP-Elites over the classes: the search that evolves fooling images, generic over the encoding.
 
-Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), section 2.1, after
-Mouret & Clune's MAP-Elites. The archive holds one champion per class. Each generation, parents are drawn
+Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), the evolutionary
+search, after Mouret & Clune's MAP-Elites. The archive holds one champion per class. Each generation, parents are drawn
 uniformly from the archive, mutated by the encoding, and the whole offspring population is scored on every
 class in one classifier call; an offspring replaces the champion of every class whose confidence it beats
 (strictly). The paper's MNIST runs used 200 offspring per generation.
