@@ -87,9 +87,10 @@ def naive_map_elites(encoding, classifier, num_classes: int, evaluations: int, p
         done += 1
 
 
-def timed(function) -> float:
+def timed(function, *args) -> float:
+    """Wall seconds of `function(*args)`."""
     start = time.perf_counter()
-    function()
+    function(*args)
     return time.perf_counter() - start
 
 
@@ -117,9 +118,11 @@ def main() -> None:
     for name, encoding in encodings.items():
         search = MapElites(timing, encoding)
         search.run(model, classes, seed=0)  # warm-up
-        batched = [evaluations / timed(lambda: search.run(model, classes, seed=r)) for r in range(args.repeats)]
-        naive = [evaluations / timed(lambda: naive_map_elites(encoding, model, classes, evaluations,
-                                                             args.population, seed=r)) for r in range(args.repeats)]
+        batched, naive = [], []
+        for repeat in range(args.repeats):
+            batched.append(evaluations / timed(search.run, model, classes, repeat))
+            naive.append(evaluations / timed(naive_map_elites, encoding, model, classes, evaluations,
+                                             args.population, repeat))
         print(f"{name:<10}{median(batched):>12.0f}{median(naive):>12.0f}{median(batched) / median(naive):>8.1f}")
 
     print(f"\n2. confident counterfeits (confidence >= {args.threshold}) per second, runs to the threshold")
@@ -137,7 +140,8 @@ def main() -> None:
             rates.append(fooled[-1] / seconds[-1])
             results.append(result)
         needs[name] = results
-        print(f"{'map_elites_' + name:<17}{median(rates):>15.1f}{median(fooled):>6.0f}/{classes}{median(seconds):>9.2f}")
+        print(f"{'map_elites_' + name:<17}{median(rates):>15.1f}{median(fooled):>6.0f}/{classes}"
+              f"{median(seconds):>9.2f}")
     targets = torch.arange(args.ascent_targets, device=device) % classes
     ascent = GradientAscent(GradientAscentConfig(threshold=args.threshold), model, shape, classes, device)
     rates, fooled, seconds = [], [], []

@@ -25,7 +25,10 @@ DESCRIPTIONS = {
                        "re-running the same --run.run_id resumes from its last checkpoint.",
     "generate": "Sample counterfeits per class, keep those at >= threshold confidence on the stored uint8 "
                 "image, and write them with their lineage to the Parquet store.",
-    "pipeline": "train-classifier -> train-generator -> generate, on the embedded digits by default.",
+    "harden": "Fine-tune the classifier on counterfeits (reject class or outlier exposure, Ray Train), evaluate "
+              "OOD detection before/after, re-attack, repeat for --rounds, and export the result to ONNX.",
+    "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
+                "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }
 
 
@@ -47,6 +50,13 @@ def _generate(job: JobConfig) -> None:
     print(summary_line(run_generate(job)))
 
 
+def _harden(job: JobConfig) -> None:
+    from ccc_ray.orchestration.harden_rounds import run_hardening
+
+    report = run_hardening(job, progress=lambda line: print(line, flush=True))
+    print(f"report: {job.run.run_dir / 'report.md'}; ONNX model: {report['export']['onnx']}")
+
+
 def _pipeline(job: JobConfig) -> None:
     from ccc_ray.stages import (
         dumps,
@@ -62,12 +72,15 @@ def _pipeline(job: JobConfig) -> None:
     print(dumps(run_train_generator(job)), flush=True)
     print("== generate", flush=True)
     print(summary_line(run_generate(job)), flush=True)
+    print("== harden, evaluate, export", flush=True)
+    _harden(job)
 
 
 COMMANDS: dict[str, Callable[[JobConfig], None]] = {
     "train-classifier": _train_classifier,
     "train-generator": _train_generator,
     "generate": _generate,
+    "harden": _harden,
     "pipeline": _pipeline,
 }
 
@@ -81,12 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--print-config", action="store_true",
                              help="print the resolved settings as YAML and exit")
         add_config_arguments(command, JobConfig)
+        if name in ("harden", "pipeline"):
+            command.add_argument("--rounds", dest="cfg:harden.rounds", type=int, metavar="R",
+                                 help="same as --harden.rounds")
+    predict = sub.add_parser("predict", help=PREDICT_HELP, description=PREDICT_HELP)
+    predict.add_argument("model", metavar="MODEL.onnx", help="an ONNX classifier (from `ccc-ray harden`)")
+    predict.add_argument("images", metavar="IMAGES", nargs="+",
+                         help="image files, folders of images, or Parquet counterfeit stores")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per onnxruntime call (default 256)")
+    predict.add_argument("--limit", type=int, default=None, help="stop after this many images")
     return parser
+
+
+PREDICT_HELP = ("Classify images with an exported ONNX model: one line per image with its class, confidence, "
+                "OOD score and whether it is flagged as out of distribution (score below the exported threshold).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        from ccc_ray.predict import predict_main
+
+        try:
+            return predict_main(args)
+        except CccError as error:
+            print(f"ccc-ray predict: error: {error}", file=sys.stderr)
+            return 2
     try:
         job = load_config(JobConfig, args.config, overrides_from_args(args))
         if args.print_config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ccc_ray.classifiers.build import ClassifierConfig
 from ccc_ray.config import option
@@ -88,9 +89,62 @@ class GenerateSettings:
 
 
 @dataclass
+class HardenSettings:
+    mode: Literal["reject", "oe"] = option("reject", "reject: a (K+1)-th 'none of these' class for counterfeits; "
+                                                     "oe: outlier exposure, uniform softmax on counterfeits")
+    stores: list[str] = option([], "counterfeit stores (Parquet files or folders) to pool; default: this run's store")
+    rounds: int = option(1, "attack -> harden -> re-attack rounds; each round pools the counterfeits of all before")
+    epochs: int = option(10, "fine-tuning epochs per round (from the baseline classifier)")
+    learning_rate: float = option(5e-4, "Adam learning rate of the fine-tuning")
+    batch_size: int = option(128, "in-distribution images per step (summed over workers)")
+    outlier_weight: float = option(0.5, "oe: weight (lambda) of the uniform cross-entropy on counterfeits")
+    noise_images: int = option(500, "reject: noise images that seed the reject class next to the counterfeits")
+    eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)")
+    split_seed: int = option(0, "seed of the train/evaluation split of counterfeit rows")
+    ood_score: str = option("auto", "OOD score for thresholds and the ONNX export: auto (not_reject for reject, "
+                                    "max_softmax for oe), max_softmax, max_logit, negative_energy, not_reject")
+    reattack_steps: int | None = option(None, "generator steps of each re-attack (default: generator.steps)")
+    real_ood_per_set: int = option(500, "images per real OOD set in the evaluation")
+    seed: int = option(0, "seed of fine-tuning and noise images")
+
+    def validate(self) -> None:
+        from ccc_ray.ood.scores import OOD_SCORES
+
+        if self.rounds < 1:
+            raise CccError(f"harden.rounds: must be at least 1, got {self.rounds}")
+        if self.epochs < 1:
+            raise CccError(f"harden.epochs: must be at least 1, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise CccError(f"harden.learning_rate: must be positive, got {self.learning_rate}")
+        if self.batch_size < 2:
+            raise CccError(f"harden.batch_size: must be at least 2, got {self.batch_size}")
+        if not self.outlier_weight >= 0:
+            raise CccError(f"harden.outlier_weight: must be >= 0, got {self.outlier_weight}")
+        if self.noise_images < 0:
+            raise CccError(f"harden.noise_images: must be >= 0, got {self.noise_images}")
+        if not 0 < self.eval_fraction < 1:
+            raise CccError(f"harden.eval_fraction: must lie in (0, 1), got {self.eval_fraction}")
+        if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
+            raise CccError(f"harden.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
+        if self.ood_score == "not_reject" and self.mode != "reject":
+            raise CccError("harden.ood_score: not_reject needs harden.mode reject")
+        if self.reattack_steps is not None and self.reattack_steps < 1:
+            raise CccError(f"harden.reattack_steps: must be at least 1, got {self.reattack_steps}")
+        if self.real_ood_per_set < 10:
+            raise CccError(f"harden.real_ood_per_set: must be at least 10, got {self.real_ood_per_set}")
+
+    @property
+    def score(self) -> str:
+        if self.ood_score != "auto":
+            return self.ood_score
+        return "not_reject" if self.mode == "reject" else "max_softmax"
+
+
+@dataclass
 class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     generator: InversionConfig = field(default_factory=InversionConfig)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    harden: HardenSettings = field(default_factory=HardenSettings)
     run: RunSettings = field(default_factory=RunSettings)

@@ -36,10 +36,15 @@ class ClassifierInfo:
     class_names: tuple[str, ...]
     data_name: str
     sha256: str
+    reject_class: bool = False  # one more output after the K classes: "none of these" (hardened models)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.class_names) + int(self.reject_class)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -55,15 +60,16 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def save_classifier(path: str | Path, model: nn.Module, config: ClassifierConfig,
-                    image_shape: tuple[int, int, int], class_names: list[str], data_name: str) -> ClassifierInfo:
+                    image_shape: tuple[int, int, int], class_names: list[str], data_name: str,
+                    reject_class: bool = False) -> ClassifierInfo:
     """Write weights and rebuild metadata atomically; returns the info (with fingerprint) written."""
     from safetensors.torch import save
 
     inner = getattr(model, "module", model)
     state = {name: t.detach().cpu().contiguous() for name, t in inner.state_dict().items()}
-    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(inner))
+    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(inner), reject_class)
     meta = {"config": asdict(config), "image_shape": list(image_shape), "class_names": list(class_names),
-            "data_name": data_name, "sha256": info.sha256}
+            "data_name": data_name, "sha256": info.sha256, "reject_class": reject_class}
     atomic_write_bytes(path, save(state, metadata={METADATA_KEY: json.dumps(meta)}))
     return info
 
@@ -124,10 +130,11 @@ def classifier_from_bytes(raw: bytes, path: str, image_shape: tuple[int, int, in
                        f"the data has {'x'.join(map(str, image_shape))}")
     if num_classes is not None and num_classes != len(names):
         raise CccError(f"classifier {str(path)!r} has {len(names)} classes, the data has {num_classes}")
-    model = build_classifier(config, shape, len(names))
+    reject = bool(meta.get("reject_class", False))
+    model = build_classifier(config, shape, len(names) + int(reject))
     load_weights_into(model, state, str(path))
     model.eval()
-    info = ClassifierInfo(config, shape, names, meta.get("data_name", "?"), fingerprint(model))
+    info = ClassifierInfo(config, shape, names, meta.get("data_name", "?"), fingerprint(model), reject)
     if meta.get("sha256") and meta["sha256"] != info.sha256:
         raise CccError(f"weights file {str(path)!r} does not match its recorded fingerprint (corrupted)")
     return model, info

@@ -162,6 +162,8 @@ class NetworkInversion:
         cfg = self.config
         features, logits = features_and_logits(classifier, images)
         log_q = torch.log_softmax(logits, dim=1)
+        if logits.shape[1] > condition.shape[1]:  # a hardened model's reject output: never a target
+            condition = F.pad(condition, (0, logits.shape[1] - condition.shape[1]))
         parts = {
             "kl": F.kl_div(log_q, condition, reduction="batchmean"),
             "ce": F.nll_loss(log_q, targets),

@@ -1,10 +1,10 @@
 """MAP-Elites over the classes: the search that evolves fooling images, generic over the encoding.
 
 Paper: Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled" (CVPR 2015), the evolutionary
-search, after Mouret & Clune's MAP-Elites. The archive holds one champion per class. Each generation, parents are drawn
-uniformly from the archive, mutated by the encoding, and the whole offspring population is scored on every
-class in one classifier call; an offspring replaces the champion of every class whose confidence it beats
-(strictly). The paper's MNIST runs used 200 offspring per generation.
+search, after Mouret & Clune's MAP-Elites. The archive holds one champion per class. Each generation,
+parents are drawn uniformly from the archive, mutated by the encoding, and the whole offspring population
+is scored on every class in one classifier call; an offspring replaces the champion of every class whose
+confidence it beats (strictly). The authors' MNIST runs used 200 offspring per generation.
 
 The encoding is a `DirectEncoding` (`direct_encoding.py`) or a `Cppn` (`cppn.py`): anything with
 `initial`, `mutate` and `render` (see `Encoding`). The search is black-box: it needs only logits, so the
@@ -17,8 +17,9 @@ of the logits. Results hold K x C x H x W champion images in [0, 1]. The same se
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -123,11 +124,11 @@ class MapElitesState:
 
     genomes: Genomes  # K champions
     confidences: torch.Tensor  # K float32: each champion's confidence in its own class
-    generator: torch.Generator
+    generator: torch.Generator  # every random draw of the run comes from here
+    generations_to_threshold: torch.Tensor  # K int64, -1 until reached
+    evaluations_to_threshold: torch.Tensor  # K int64, -1 until reached
     generation: int = 0
     evaluations: int = 0  # images scored by the classifier so far
-    generations_to_threshold: torch.Tensor = field(default=None)  # K int64, -1 until reached
-    evaluations_to_threshold: torch.Tensor = field(default=None)  # K int64, -1 until reached
     history: list[torch.Tensor] = field(default_factory=list)  # archive confidences after each generation
 
 
@@ -169,8 +170,8 @@ class MapElites:
             probabilities = class_probabilities(classifier_fn, self.encoding.render(population))
         confidences, best = probabilities.max(0)
         never = torch.full((num_classes,), -1, dtype=torch.int64, device=confidences.device)
-        state = MapElitesState(population[best], confidences, generator, 0, len(probabilities),
-                               never, never.clone(), [confidences.clone()])
+        state = MapElitesState(population[best], confidences, generator, never, never.clone(),
+                               evaluations=len(probabilities), history=[confidences.clone()])
         self._note_threshold(state)
         return state
 
@@ -216,7 +217,7 @@ class MapElites:
             stop_classes: torch.Tensor | None = None) -> EvolutionResult:
         """Evolve until every class (or every class in `stop_classes`) is fooled, or `max_generations`."""
         if stop_classes is not None:
-            stop_classes = check_targets(stop_classes, num_classes).unique()
+            stop_classes = check_targets(stop_classes, num_classes).unique().to(self.encoding.device)
         state = self.start(classifier_fn, num_classes, seed)
         while not self.done(state, stop_classes):
             self.step(state, classifier_fn)
@@ -255,9 +256,11 @@ class FoolingEvolution:
         """Images N x C x H x W in [0, 1], one champion per entry of `targets`.
 
         A class asked for r times takes its champions from r independent runs (one champion per class per
-        run), whose seeds are drawn from `seed`; each run stops once the classes it serves are fooled.
+        run), whose seeds are drawn from `seed`; each run stops once the classes it serves are fooled. A
+        champion that missed the threshold within `max_generations` is returned all the same: callers
+        re-score what they keep.
         """
-        targets = check_targets(targets, self.num_classes)
+        targets = check_targets(targets, self.num_classes).to(self.search.encoding.device)
         images = torch.zeros(len(targets), *self.search.encoding.image_shape, device=self.search.encoding.device)
         if not len(targets):
             return images

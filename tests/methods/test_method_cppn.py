@@ -8,8 +8,8 @@ from ccc_ray.methods.cppn import NUM_INPUTS, Cppn, CppnConfig, coordinate_grid
 
 torch.set_num_threads(1)  # tiny tensors: more threads only contend with other processes
 
-ONLY = dict(add_node_rate=0.0, delete_node_rate=0.0, add_connection_rate=0.0, delete_connection_rate=0.0,
-            change_activation_rate=0.0, weight_mutation_rate=0.0)
+ONLY = {"add_node_rate": 0.0, "delete_node_rate": 0.0, "add_connection_rate": 0.0, "delete_connection_rate": 0.0,
+        "change_activation_rate": 0.0, "weight_mutation_rate": 0.0}
 
 
 def evolved(encoding: Cppn, count: int = 64, generations: int = 30, seed: int = 0):

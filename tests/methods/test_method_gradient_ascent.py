@@ -53,8 +53,8 @@ def test_each_image_stops_at_the_first_step_past_the_threshold(classifier):
     assert torch.equal(short.steps_to_threshold[steps < steps.max()], steps[steps < steps.max()])
 
 
-@pytest.mark.parametrize("overrides", [dict(parameterization="sigmoid"), dict(objective="log_probability"),
-                                       dict(start="gray", l2_weight=0.0)])
+@pytest.mark.parametrize("overrides", [{"parameterization": "sigmoid"}, {"objective": "log_probability"},
+                                       {"start": "gray", "l2_weight": 0.0}])
 def test_other_settings_raise_the_confidence_and_keep_pixels_in_range(classifier, overrides):
     config = GradientAscentConfig(steps=60, **overrides)
     result = GradientAscent(config, classifier, SHAPE, 10).run(ALL, seed=0)

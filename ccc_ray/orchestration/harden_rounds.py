@@ -1,0 +1,167 @@
+"""The hardening loop: harden -> evaluate -> re-attack, for `harden.rounds` rounds, then export to ONNX.
+
+Round r fine-tunes the baseline classifier on the counterfeits of every attack so far (pooled; the
+first attack is the run's own store), evaluates it, and attacks it afresh with a new generator; that
+re-attack's counterfeits join the pool of round r + 1. Each round lives in its own folder
+`<run>/rounds/<run_id>.r<r>/`, a run of its own with classifier, generator, store and Ray checkpoints,
+so an interrupted loop resumes where it stopped when started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+from ccc_ray.classifiers.weights import load_classifier
+from ccc_ray.data.sources import load_dataset
+from ccc_ray.errors import CccError
+from ccc_ray.evaluate import Evaluation, attack_success_rate, evaluate_classifier
+from ccc_ray.hardening.counterfeits import split_counterfeits
+from ccc_ray.job_config import JobConfig
+from ccc_ray.methods.generator_file import load_generator
+from ccc_ray.storage import atomic_write_bytes, ensure_writable_dir
+
+HELD_OUT = "counterfeits_held_out"
+REATTACK_SEED_OFFSET = 7_919  # re-attack samples for the success rate use other latents than the store
+
+
+def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobConfig:
+    """The run of one round: its own run id and folder, attacking `classifier_path`."""
+    steps = job.harden.reattack_steps or job.generator.steps
+    run = dataclasses.replace(job.run, run_id=f"{job.run.run_id}.r{round_index}",
+                              output_dir=str(job.run.run_dir / "rounds"), classifier_path=str(classifier_path),
+                              generator_path=None, store_path=None, storage_path=None)
+    return dataclasses.replace(job, run=run, generator=dataclasses.replace(job.generator, steps=steps))
+
+
+def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, num_classes: int):
+    method, _ = load_generator(generator_file)
+    targets = torch.arange(num_classes).repeat_interleave(count_per_class)
+    images = method.sample(targets, job.generate.seed + REATTACK_SEED_OFFSET).clamp(0, 1)
+    return images.mul(255).round().div(255), targets  # scored as stored: uint8-quantized
+
+
+def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.ndarray, float]:
+    score = evaluation.primary_score
+    scores_in, scores_out = evaluation.scores_in[score], evaluation.scores_out[set_name][score]
+    labels = np.concatenate([np.ones(len(scores_in)), np.zeros(len(scores_out))])
+    fpr, tpr, _ = roc_curve(labels, np.concatenate([scores_in, scores_out]))
+    return fpr, tpr, evaluation.metrics[set_name][score]["auroc"]
+
+
+def run_hardening(job: JobConfig, progress=print) -> dict:
+    """Every round, then export; returns report.json's content (also written to the run folder)."""
+    from ccc_ray.data.real_ood import real_ood_images
+    from ccc_ray.orchestration.harden_classifier import harden_classifier
+    from ccc_ray.stages import default_device, run_generate, run_train_generator
+
+    cfg = job.harden
+    dataset = load_dataset(job.data)
+    baseline_path = job.run.classifier_file
+    baseline, info = load_classifier(baseline_path, dataset.image_shape, dataset.num_classes)
+    stores = [str(Path(store).absolute()) for store in cfg.stores] or [str(job.run.store_dir)]
+    first_split = split_counterfeits(stores, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
+                                     cfg.split_seed)  # bad stores fail here, before anything is written
+    baseline_generator = job.run.generator_file(job.generate.method)
+    if not baseline_generator.is_file():
+        raise CccError(f"run.generator_path: {str(baseline_generator)!r} does not exist; the baseline attack's "
+                       "generator is needed for the re-attack figures (run `ccc-ray train-generator`)")
+    run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
+    device = default_device()
+    real_ood = real_ood_images(dataset.image_shape, cfg.real_ood_per_set, cfg.seed)
+    per_class = job.generate.per_class
+
+    def evaluate(model, reject: bool, held_out: torch.Tensor) -> Evaluation:
+        return evaluate_classifier(model.to(device), reject, dataset.test_images, dataset.test_labels,
+                                   {HELD_OUT: held_out, **real_ood}, cfg.score, device)
+
+    baseline_eval = evaluate(baseline, False, first_split.eval_images)
+    attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset.num_classes)
+    rows = [{"round": 0, "model": str(baseline_path), "classifier_sha256": info.sha256,
+             "counterfeits_train": len(first_split.train_ids), "counterfeits_held_out": len(first_split.eval_ids),
+             **baseline_eval.to_dict(),
+             "attack": attack_success_rate(baseline, False, attack_images, attack_targets,
+                                           baseline_eval.primary_score, baseline_eval.threshold, device=device)}]
+    progress(f"[harden] baseline: clean accuracy {baseline_eval.clean_accuracy:.4f}, "
+             f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
+    evaluations = [baseline_eval]
+    pool = list(stores)
+    hardened_path = baseline_path
+    for round_index in range(1, cfg.rounds + 1):
+        this = round_job(job, round_index, baseline_path)
+        round_dir = ensure_writable_dir(this.run.run_dir, "run.output_dir")
+        hardened_path = round_dir / "classifier-hardened.safetensors"
+        split = split_counterfeits(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction, cfg.split_seed)
+        (round_dir / "counterfeit-split.json").write_text(json.dumps(
+            {"stores": pool, "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed,
+             "train_ids": split.train_ids, "held_out_ids": split.eval_ids}))
+        progress(f"[harden] round {round_index}/{cfg.rounds}: fine-tuning ({cfg.mode}) on "
+                 f"{len(split.train_ids)} counterfeits from {len(pool)} store(s)")
+        hardened_info, metrics = harden_classifier(job, baseline_path, pool, hardened_path,
+                                                   f"{this.run.run_id}-harden")
+        hardened, _ = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
+        reject = hardened_info.reject_class
+        evaluation = evaluate(hardened, reject, split.eval_images)
+        progress(f"[harden] round {round_index}: re-attacking the hardened classifier")
+        attacker = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(hardened_path)))
+        run_train_generator(attacker)
+        images, targets = sample_attack(attacker, attacker.run.generator_file(job.generate.method), per_class,
+                                        dataset.num_classes)
+        attack = attack_success_rate(hardened, reject, images, targets, evaluation.primary_score,
+                                     evaluation.threshold, device=device)
+        try:
+            generated = run_generate(attacker, progress=False)
+            pool.append(str(Path(generated.store_file)))
+            kept = generated.kept
+        except CccError as error:  # a hardened model may leave the re-attack with no confident sample
+            if "none of" not in str(error):
+                raise
+            kept = 0
+        rows.append({"round": round_index, "model": str(hardened_path), "classifier_sha256": hardened_info.sha256,
+                     "counterfeits_train": len(split.train_ids), "counterfeits_held_out": len(split.eval_ids),
+                     "final_train_loss": metrics.get("train_loss"), **evaluation.to_dict(),
+                     "attack": {**attack, "kept_for_next_round": kept}})
+        evaluations.append(evaluation)
+        progress(f"[harden] round {round_index}: clean accuracy {evaluation.clean_accuracy:.4f}, held-out AUROC "
+                 f"{rows[-1]['ood'][HELD_OUT][evaluation.primary_score]['auroc']:.4f}, re-attack success "
+                 f"{attack['success_rate']:.1%}")
+    report = {"run_id": job.run.run_id, "data": job.data.name, "mode": cfg.mode, "score": cfg.score,
+              "baseline": str(baseline_path), "hardened": str(hardened_path), "rounds": rows,
+              "real_ood_sets": sorted(real_ood)}
+    report["export"] = export_hardened(job, hardened_path, evaluations[-1], dataset, first_split)
+    write_artifacts(job, report, evaluations, dataset, run_dir)
+    return report
+
+
+def export_hardened(job: JobConfig, hardened_path: Path, evaluation: Evaluation, dataset, split) -> dict:
+    """ONNX export of the last round's classifier with its score and threshold, checked against torch."""
+    from ccc_ray.export.onnx_export import check_parity, export_onnx
+
+    model, info = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
+    path = job.run.run_dir / "classifier-hardened.onnx"
+    export_onnx(model, path, list(info.class_names), info.image_shape, evaluation.primary_score,
+                evaluation.threshold, info.reject_class)
+    parity = {"real": check_parity(model, path, dataset.test_images),
+              "counterfeit": check_parity(model, path, split.eval_images)}
+    return {"onnx": str(path), "score": evaluation.primary_score, "threshold": evaluation.threshold,
+            "parity_max_abs_probability_difference": parity}
+
+
+def write_artifacts(job: JobConfig, report: dict, evaluations: list[Evaluation], dataset, run_dir: Path) -> None:
+    from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
+    from ccc_ray.store.reader import read_store, table_images
+
+    atomic_write_bytes(run_dir / "report.json", json.dumps(report, indent=2, default=float).encode())
+    write_report_md(report, run_dir / "report.md")
+    table = read_store(job.run.store_dir, dataset.image_shape, dataset.num_classes)
+    targets = torch.tensor(table["target"].to_pylist())
+    counterfeit_grid_png(table_images(table), targets, list(dataset.class_names), run_dir / "counterfeits.png")
+    for label, evaluation in (("before", evaluations[0]), ("after", evaluations[-1])):
+        curves = {name: roc_points(evaluation, name) for name in evaluation.metrics}
+        roc_curves_png(curves, run_dir / f"roc-{label}.png",
+                       f"{label} hardening ({evaluation.primary_score})")
