@@ -22,17 +22,18 @@ def make_images(n, height=4, width=5, channels=3, seed=0):
 
 
 def make_batch(images, run_id="run-1", method="inversion", seed=7, start=0):
-    n = len(images)
-    targets = np.arange(n) % 3
-    return counterfeit_batch(images, targets, (targets + 1) % 3, np.linspace(0.5, 1.0, n), np.full(n, 2.5),
-                             np.arange(start, start + n), run_id=run_id, method=method, classifier_sha256=SHA,
-                             seed=seed)
+    index = np.arange(start, start + len(images))
+    targets = index % 3
+    return counterfeit_batch(images, targets, (targets + 1) % 3, 0.5 + 0.05 * index, np.full(len(index), 2.5),
+                             index, run_id=run_id, method=method, classifier_sha256=SHA, seed=seed)
 
 
 def write_run(store, images, run_id="run-1", method="inversion", chunks=1):
     with CounterfeitWriter(store, method, run_id, {"threshold": 0.9}, NAMES) as writer:
-        for i, part in enumerate(np.array_split(images, chunks)):
-            writer.write(make_batch(part, run_id, method, start=i * len(images) // chunks))
+        start = 0
+        for part in np.array_split(images, chunks):
+            writer.write(make_batch(part, run_id, method, start=start))
+            start += len(part)
     return writer.path
 
 
@@ -56,7 +57,7 @@ def test_written_file_has_the_schema_and_lineage(tmp_path):
     assert set(table["seed"].to_pylist()) == {7}
     assert table["target"].to_pylist() == [0, 1, 2, 0, 1, 2]
     assert table["predicted"].to_pylist() == [1, 2, 0, 1, 2, 0]
-    assert np.allclose(table["confidence"].to_numpy(), np.linspace(0.5, 1.0, 6))
+    assert np.allclose(table["confidence"].to_numpy(), 0.5 + 0.05 * np.arange(6))
     assert table["sample_index"].to_pylist() == list(range(6))
     assert len(set(table["id"].to_pylist())) == 6
     # Images come back exactly, both row by row and as the whole tensor.
