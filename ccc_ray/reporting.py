@@ -1,0 +1,117 @@
+"""The human-readable side of a run folder: report.md, a counterfeit grid and ROC curves (PNG).
+
+matplotlib draws off-screen (Agg); every file is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ccc_ray.storage import atomic_write_bytes
+
+
+def _figure_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def counterfeit_grid_png(images: torch.Tensor, targets: torch.Tensor, class_names: list[str], path: str | Path,
+                         per_class: int = 8) -> None:
+    """One row per class with up to `per_class` of its counterfeits (images N x C x H x W in [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = len(class_names)
+    figure, axes = plt.subplots(rows, per_class, figsize=(per_class * 0.8, rows * 0.8), squeeze=False)
+    for row, name in enumerate(class_names):
+        chosen = images[targets == row][:per_class]
+        for column in range(per_class):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column < len(chosen):
+                picture = chosen[column].permute(1, 2, 0).numpy()
+                axis.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+            if column == 0:
+                axis.set_ylabel(name, rotation=0, labelpad=12, va="center")
+    figure.suptitle("counterfeits per target class")
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)
+
+
+def roc_curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str) -> None:
+    """ROC curves (in-distribution = positive), one per OOD set: name -> (fpr, tpr, auroc)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    for name, (fpr, tpr, auroc) in curves.items():
+        axis.plot(fpr, tpr, label=f"{name} (AUROC {auroc:.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+    axis.set_xlabel("false positive rate (OOD accepted)")
+    axis.set_ylabel("true positive rate (in-distribution accepted)")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def render_report_md(report: dict) -> str:
+    """report.json as Markdown: one table of the headline figures per round, then per-set details."""
+    rounds = report["rounds"]
+    score = report["score"]
+    sets = list(rounds[0]["ood"])
+    lines = [f"# ccc-ray hardening report: run `{report['run_id']}`", "",
+             f"Data `{report['data']}`, mode `{report['mode']}`, OOD score `{score}` (round 0 is the baseline, "
+             "scored with max_softmax where it has no reject output). In-distribution images are the positive "
+             "class; the acceptance threshold keeps 95% of the in-distribution test set.", "",
+             "| round | clean accuracy | " + " | ".join(f"AUROC {name}" for name in sets)
+             + " | FPR95 held-out | re-attack success |",
+             "|---|---|" + "---|" * len(sets) + "---|---|"]
+    for row in rounds:
+        used = row["score"]
+        aurocs = " | ".join(_num(row["ood"][name][used]["auroc"]) for name in sets)
+        lines.append(f"| {row['round']} | {_pct(row['clean_accuracy'])} | {aurocs} | "
+                     f"{_pct(row['ood'][sets[0]][used]['fpr95'])} | {_pct(row['attack']['success_rate'])} |")
+    lines += ["", "Re-attack success: share of a fresh generator's samples against that round's model that reach "
+              "confidence >= 0.99 on their target and pass the 95%-TPR threshold.", ""]
+    for row in rounds:
+        lines += [f"## Round {row['round']} (`{row['score']}`, threshold {row['threshold95']:.4g})", "",
+                  "| OOD set | score | AUROC | AUPR-in | AUPR-out | FPR95 |", "|---|---|---|---|---|---|"]
+        for name in sets:
+            for score_name, metrics in row["ood"][name].items():
+                lines.append(f"| {name} | {score_name} | {_num(metrics['auroc'])} | {_num(metrics['aupr_in'])} | "
+                             f"{_num(metrics['aupr_out'])} | {_pct(metrics['fpr95'])} |")
+        attack = row["attack"]
+        lines += ["", f"Counterfeits: {row['counterfeits_train']} for training, {row['counterfeits_held_out']} held "
+                      f"out. Re-attack: {attack['samples']} samples, {_pct(attack['confident_share'])} confident, "
+                      f"{_pct(attack['accepted_share'])} accepted, {_pct(attack['success_rate'])} both.", ""]
+    export = report.get("export")
+    if export:
+        parity = export["parity_max_abs_probability_difference"]
+        lines += ["## ONNX export", "", f"`{export['onnx']}`: score `{export['score']}`, threshold "
+                  f"{export['threshold']:.6g}; max |p_torch - p_onnx| real {parity['real']:.2e}, "
+                  f"counterfeit {parity['counterfeit']:.2e}.", ""]
+    return "\n".join(lines)
+
+
+def write_report_md(report: dict, path: str | Path) -> None:
+    atomic_write_bytes(path, render_report_md(report).encode())
