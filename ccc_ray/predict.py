@@ -63,10 +63,11 @@ def _store_rows(path: Path, image_shape: tuple[int, int, int]) -> Iterator[tuple
         yield f"{path}#{row_id}", image
 
 
-def predict_main(args: argparse.Namespace, out=sys.stdout) -> int:
+def predict_main(args: argparse.Namespace, out=None) -> int:
     from ccc_ray.export.onnx_runtime import OnnxClassifier
     from ccc_ray.ood.scores import ood_score
 
+    out = out or sys.stdout
     if args.batch_size < 1:
         raise CccError(f"--batch-size: must be at least 1, got {args.batch_size}")
     model = OnnxClassifier(args.model)

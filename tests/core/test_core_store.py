@@ -121,6 +121,8 @@ def test_readers_do_not_see_a_run_in_progress(tmp_path):
     try:
         writer.write(make_batch(make_images(5), run_id="running"))
         assert read_store(tmp_path).num_rows == 2
+        (tmp_path / ".partial.parquet").write_bytes(b"half a file")  # hidden files are never read
+        assert read_store(tmp_path).num_rows == 2
     finally:
         writer.abort()
 
