@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_cluster():
+    """In-process Ray, shut down right after its test so no other local cluster overlaps it."""
     import ray
 
     # Four logical CPUs so two Train workers fit next to the controller on a 2-core CI machine.
