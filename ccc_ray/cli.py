@@ -25,8 +25,14 @@ DESCRIPTIONS = {
                        "re-running the same --run.run_id resumes from its last checkpoint.",
     "generate": "Sample counterfeits per class, keep those at >= threshold confidence on the stored uint8 "
                 "image, and write them with their lineage to the Parquet store.",
+    "attack": "Search counterfeits per class with direct-encoding or CPPN evolution (black box: the run's "
+              "classifier or an ONNX model, --attack.onnx_path) or gradient ascent, as Ray actors; keep those at "
+              ">= threshold on the stored uint8 image and write them to the Parquet store.",
     "harden": "Fine-tune the classifier on counterfeits (reject class or outlier exposure, Ray Train), evaluate "
               "OOD detection before/after, re-attack, repeat for --rounds, and export the result to ONNX.",
+    "tune": "Ray Tune search over the generator's loss weights (ASHA stops poor trials early); writes "
+            "tune-trials.csv/.parquet and tune-best.yaml, which `train-generator --config` accepts. Starting "
+            "the same search again resumes it.",
     "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
                 "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }
@@ -50,11 +56,27 @@ def _generate(job: JobConfig) -> None:
     print(summary_line(run_generate(job)))
 
 
+def _attack(job: JobConfig) -> None:
+    from ccc_ray.attack import summary_line
+    from ccc_ray.orchestration.attack import run_attack
+
+    print(summary_line(run_attack(job, progress=lambda line: print(line, flush=True))))
+
+
 def _harden(job: JobConfig) -> None:
     from ccc_ray.orchestration.harden_rounds import run_hardening
 
     report = run_hardening(job, progress=lambda line: print(line, flush=True))
     print(f"report: {job.run.run_dir / 'report.md'}; ONNX model: {report['export']['onnx']}")
+
+
+def _tune(job: JobConfig) -> None:
+    from ccc_ray.orchestration.tune_losses import run_tune
+
+    summary = run_tune(job, progress=lambda line: print(line, flush=True))
+    print(f"{summary['trials']} trials ({summary['completed']} completed, {summary['stopped_early']} stopped early, "
+          f"{summary['errors']} failed); best objective {summary['best']['objective']:.4f}; "
+          f"best config {summary['best_config']}")
 
 
 def _pipeline(job: JobConfig) -> None:
@@ -80,7 +102,9 @@ COMMANDS: dict[str, Callable[[JobConfig], None]] = {
     "train-classifier": _train_classifier,
     "train-generator": _train_generator,
     "generate": _generate,
+    "attack": _attack,
     "harden": _harden,
+    "tune": _tune,
     "pipeline": _pipeline,
 }
 

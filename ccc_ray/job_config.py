@@ -15,8 +15,12 @@ from ccc_ray.classifiers.build import ClassifierConfig
 from ccc_ray.config import option
 from ccc_ray.data.sources import DataConfig
 from ccc_ray.errors import CccError
+from ccc_ray.methods.cppn import CppnConfig
+from ccc_ray.methods.direct_encoding import DirectEncodingConfig
+from ccc_ray.methods.gradient_ascent import GradientAscentConfig
 from ccc_ray.methods.inversion import InversionConfig
 from ccc_ray.store.writer import check_name
+from ccc_ray.tuning.settings import TuneSettings
 
 
 @dataclass
@@ -141,10 +145,61 @@ class HardenSettings:
 
 
 @dataclass
+class AttackSettings:
+    method: str = option("direct_encoding", "search method: direct_encoding or cppn (MAP-Elites evolution, black "
+                                            "box: torch or ONNX), gradient_ascent (white box: torch only)")
+    onnx_path: str | None = option(None, "attack this ONNX model (black box) instead of run.classifier_path")
+    per_class: int = option(1, "counterfeits per target class, each from its own independently seeded run")
+    targets: list[int] = option([], "target classes, e.g. 0,3,7 (default: every class)")
+    class_groups: int = option(1, "split the targets into this many groups, each searched by its own run "
+                                  "(more, smaller runs for Ray to spread; each stops once its classes are fooled)")
+    threshold: float = option(0.99, "goal of every search and the keep rule: target confidence on the stored "
+                                    "uint8 image >= this")
+    seed: int = option(1, "seed of the attack; every run's seed is drawn from it")
+    population_size: int = option(200, "evolution: offspring per generation, scored as one batch (paper: 200)")
+    max_generations: int = option(1000, "evolution: generations per run at most")
+    num_tasks: int = option(0, "Ray actors the runs are spread over, each loading the classifier once; "
+                               "0 = one per run, at most one per cluster CPU (GPU with run.use_gpu)")
+    cpus_per_task: float = option(1.0, "CPUs reserved per actor; its torch / onnxruntime threads")
+    direct_encoding: DirectEncodingConfig = field(default_factory=DirectEncodingConfig)
+    cppn: CppnConfig = field(default_factory=CppnConfig)
+    gradient_ascent: GradientAscentConfig = field(default_factory=GradientAscentConfig)
+
+    def validate(self) -> None:
+        from ccc_ray.methods import EVOLUTION_ENCODINGS, SEARCH_METHODS
+
+        methods = [*EVOLUTION_ENCODINGS, *SEARCH_METHODS]
+        if self.method not in methods:
+            raise CccError(f"attack.method: unknown method {self.method!r}; choose {', '.join(methods)}")
+        if self.population_size < 2:
+            raise CccError(f"attack.population_size: must be at least 2 (offspring per generation), "
+                           f"got {self.population_size}")
+        if self.max_generations < 0:
+            raise CccError(f"attack.max_generations: must be >= 0, got {self.max_generations}")
+        if not 0 < self.threshold <= 1:
+            raise CccError(f"attack.threshold: must lie in (0, 1], got {self.threshold}")
+        if self.per_class < 1:
+            raise CccError(f"attack.per_class: must be at least 1, got {self.per_class}")
+        if self.class_groups < 1:
+            raise CccError(f"attack.class_groups: must be at least 1, got {self.class_groups}")
+        if any(target < 0 for target in self.targets):
+            raise CccError(f"attack.targets: target class {min(self.targets)} is out of range: classes start at 0")
+        if self.num_tasks < 0:
+            raise CccError(f"attack.num_tasks: must be >= 0 (0 = automatic), got {self.num_tasks}")
+        if not self.cpus_per_task > 0:
+            raise CccError(f"attack.cpus_per_task: must be positive, got {self.cpus_per_task}")
+        if self.gradient_ascent.threshold != GradientAscentConfig().threshold:
+            raise CccError("attack.gradient_ascent.threshold: set attack.threshold instead; it is the goal of "
+                           "every attack method")
+
+
+@dataclass
 class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     generator: InversionConfig = field(default_factory=InversionConfig)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     harden: HardenSettings = field(default_factory=HardenSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
     run: RunSettings = field(default_factory=RunSettings)

@@ -21,6 +21,8 @@ def ensure_ray() -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Our workers print one progress line per checkpoint; Train's print patch would echo each line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # A worker imports torch before it joins; on a busy node that can take longer than Train's 60 s default.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:

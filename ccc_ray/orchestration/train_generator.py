@@ -54,13 +54,26 @@ def generator_train_loop(loop_config: dict) -> None:
     per_worker_batch = max(1, cfg.batch_size // world)
 
     every = job.run.checkpoint_every
+    scoring = loop_config.get("objective")  # set by `ccc-ray tune`: score each checkpoint for the scheduler
+    if scoring and rank == 0:
+        from ccc_ray.data.sources import load_dataset
+        from ccc_ray.quality import nearest_distances
+
+        dataset = load_dataset(job.data)
+        test_distance = float(nearest_distances(dataset.test_images, dataset.train_images).mean())
     while method.step < cfg.steps:
         parts = method.training_step(classifier, step_generator(cfg.seed, rank, method.step, device), per_worker_batch)
         if method.step % every == 0 or method.step == cfg.steps:
             metrics = {"step": method.step, **{f"loss/{k}" if k != "confidence" else k: v for k, v in parts.items()}}
+            if scoring and rank == 0:
+                from ccc_ray.tuning.objective import generator_objective
+
+                metrics.update(generator_objective(method, classifier, dataset, scoring["per_class"],
+                                                   scoring["threshold"], scoring["seed"], device, test_distance))
             if rank == 0:
                 print(f"[train-generator] step {method.step}/{cfg.steps} loss {parts['total']:.4f} "
-                      f"confidence {parts['confidence']:.4f}", flush=True)
+                      f"confidence {parts['confidence']:.4f}"
+                      + (f" objective {metrics['objective']:.4f}" if scoring else ""), flush=True)
             with checkpoint_to_report(method.state_dict() if rank == 0 else None) as ckpt:
                 ray.train.report(metrics, checkpoint=ckpt)
 

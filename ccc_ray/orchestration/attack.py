@@ -1,0 +1,114 @@
+"""`ccc-ray attack` on Ray: independent search runs spread over actors that each hold the classifier once.
+
+The driver checks everything first (data, classifier or ONNX model, targets), so bad input fails before
+Ray starts and before anything is written. The classifier's file bytes go into Ray's object store once;
+each `AttackWorker` actor rebuilds the model from them and runs the searches it is given one after
+another, with the whole population of each generation scored as one batch. The driver gathers the
+results, re-scores the stored images and writes one Parquet file, `<store>/<method>-<run_id>.parquet`,
+which `ccc-ray harden` pools like any other store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import ray
+
+from ccc_ray.attack import (
+    AttackReport,
+    AttackRun,
+    AttackTarget,
+    RunResult,
+    check_targets_in_range,
+    classifier_from_target,
+    load_target,
+    plan_runs,
+    run_search,
+    write_counterfeits,
+    write_report,
+)
+from ccc_ray.data.sources import load_dataset
+from ccc_ray.job_config import AttackSettings, JobConfig
+from ccc_ray.orchestration.ray_runtime import ensure_ray, resolve_use_gpu, training_failed
+from ccc_ray.storage import ensure_writable_dir
+
+
+@ray.remote
+class AttackWorker:
+    """One Ray actor: the classifier, loaded once from the object store, and the searches run against it."""
+
+    def __init__(self, target: AttackTarget, settings: AttackSettings, image_shape: tuple[int, int, int],
+                 device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # the actor's share of the node: its reserved CPUs
+        self.settings, self.image_shape, self.device = settings, image_shape, device
+        self.num_outputs = target.num_outputs
+        self.classifier_fn = classifier_from_target(target, device, threads)
+
+    def run(self, run: AttackRun) -> RunResult:
+        return run_search(self.settings, self.classifier_fn, self.num_outputs, self.image_shape, run, self.device)
+
+
+def actor_count(settings: AttackSettings, runs: int, use_gpu: bool) -> int:
+    """Actors to start: `num_tasks` (0: one per run), at most what the cluster can hold at once.
+
+    Every actor keeps its reservation until the attack ends, so more actors than fit would wait forever.
+    """
+    resources = ray.cluster_resources()
+    capacity = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1) // settings.cpus_per_task)
+    return max(1, min(settings.num_tasks or runs, runs, capacity))
+
+
+def run_attack(job: JobConfig, progress=print) -> AttackReport:
+    """The attack of `job.attack` against the run's classifier (or `attack.onnx_path`), written to the store."""
+    from ccc_ray.stages import _versions
+
+    cfg = job.attack
+    dataset = load_dataset(job.data)
+    target, classifier_fn = load_target(job.run.classifier_file, cfg.onnx_path, dataset, cfg.method)
+    targets = check_targets_in_range(cfg.targets, dataset.num_classes)
+    runs = plan_runs(targets, cfg.per_class, cfg.class_groups, cfg.seed)
+    ensure_writable_dir(job.run.store_dir, "run.store_path")
+    run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
+
+    ensure_ray()
+    start = time.perf_counter()
+    use_gpu = resolve_use_gpu(job.run)
+    count = actor_count(cfg, len(runs), use_gpu)
+    target_ref = ray.put(target)  # the model's bytes, once in the object store for every actor
+    workers = [AttackWorker.options(num_cpus=cfg.cpus_per_task, num_gpus=1 if use_gpu else 0).remote(
+        target_ref, cfg, dataset.image_shape, "cuda" if use_gpu else "cpu", max(1, int(cfg.cpus_per_task)))
+        for _ in range(count)]
+    progress(f"[attack] {cfg.method}: {len(runs)} run(s) for classes {targets} on {count} actor(s) "
+             f"against {target.kind} model {target.path}")
+    pending = [workers[run.index % count].run.remote(run) for run in runs]
+    results: list[RunResult] = []
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            result: RunResult = ray.get(done[0])
+            results.append(result)
+            reached = int((result.generations >= 0).sum())
+            progress(f"[attack] run {len(results)}/{len(runs)} (seed {result.run.seed}): "
+                     f"{reached}/{len(result.run.classes)} classes at >= {cfg.threshold}, "
+                     f"{result.total_evaluations} evaluations, {result.seconds:.1f} s")
+    except ray.exceptions.RayError as error:
+        raise training_failed(error, "attack") from None
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+    metadata = {"config": asdict(job), "attack": asdict(cfg),
+                "classifier": {"kind": target.kind, "path": target.path, "sha256": target.sha256,
+                               "num_outputs": target.num_outputs, "reject_class": target.reject_class},
+                "runs": [{"index": r.run.index, "seed": r.run.seed, "classes": list(r.run.classes),
+                          "generations_to_threshold": r.generations.tolist(),
+                          "evaluations_to_threshold": r.evaluations.tolist(), "seconds": r.seconds}
+                         for r in sorted(results, key=lambda r: r.run.index)],
+                "versions": _versions()}
+    report = write_counterfeits(results, classifier_fn, target, dataset, method=cfg.method, threshold=cfg.threshold,
+                                store_dir=job.run.store_dir, run_id=job.run.run_id, run_metadata=metadata,
+                                wall_seconds=time.perf_counter() - start)
+    write_report(report, run_dir / f"attack-{cfg.method}.json")
+    return report

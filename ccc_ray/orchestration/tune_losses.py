@@ -1,0 +1,153 @@
+"""`ccc-ray tune`: Ray Tune over a generator's loss weights, one Ray Train run per trial (Train V2 style).
+
+Each Tune trial is a small function that builds its JobConfig from the base job plus the drawn values
+(checked like command-line flags), then runs the generator's TorchTrainer; the training loop scores
+every checkpoint with the objective (ccc_ray/tuning/objective.py) and TuneReportCallback hands those
+reports to Tune, so ASHA can stop poor trials early. The search lives under
+`<run>/tune/<run_id>-tune-<method>`; starting the same search again resumes it (Tuner.restore) without
+repeating finished trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray import tune
+
+from ccc_ray.classifiers.weights import classifier_from_bytes
+from ccc_ray.config import write_yaml
+from ccc_ray.data.sources import load_dataset
+from ccc_ray.errors import CccError
+from ccc_ray.job_config import JobConfig
+from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray
+from ccc_ray.orchestration.train_generator import generator_train_loop
+from ccc_ray.storage import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.tuning.objective import objective_parts
+from ccc_ray.tuning.search_space import apply_overrides, default_space_file, load_search_space, to_tune
+
+PART_COLUMNS = tuple(objective_parts(0.0, 0.0, 0.0))
+
+
+def tune_trial(params: dict, job: JobConfig, classifier_bytes: bytes, classifier_path: str, starts_dir: str) -> None:
+    """One trial: the job with the drawn values, trained by a TorchTrainer that reports to Tune."""
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    Path(starts_dir, f"{trial_id}-{time.time_ns()}").touch()  # lets a test prove finished trials never rerun
+    trial_job = apply_overrides(job, params, JobConfig)
+    settings = trial_job.tune
+    resources = {"CPU": settings.cpus_per_trial}
+    if settings.gpus_per_trial > 0:
+        resources["GPU"] = settings.gpus_per_trial
+    scoring = {"per_class": settings.score_per_class, "threshold": trial_job.generate.threshold,
+               "seed": trial_job.generate.seed}
+    trainer = TorchTrainer(
+        generator_train_loop,
+        train_loop_config={"job": trial_job, "method": trial_job.generate.method, "classifier_bytes": classifier_bytes,
+                           "classifier_path": classifier_path, "objective": scoring},
+        scaling_config=ray.train.ScalingConfig(num_workers=trial_job.run.num_workers,
+                                               use_gpu=settings.gpus_per_trial > 0, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"trial-{trial_id}", storage_path=str(Path(starts_dir).parent / "trials"),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")))
+    trainer.fit()
+
+
+def run_tune(job: JobConfig, progress=print) -> dict:
+    """Run (or resume) the search; writes trials.csv / trials.parquet and best.yaml; returns a summary."""
+    method = job.generate.method
+    space_file = Path(job.tune.search_space) if job.tune.search_space else default_space_file(method)
+    space = load_search_space(space_file, JobConfig)  # every bad space fails here, before Ray starts
+    classifier_path = job.run.classifier_file
+    if not classifier_path.is_file():
+        raise CccError(f"run.classifier_path: {str(classifier_path)!r} does not exist; run `ccc-ray train-classifier` "
+                       "first or point --run.classifier_path at a classifier file")
+    raw = classifier_path.read_bytes()
+    dataset = load_dataset(job.data)
+    classifier_from_bytes(raw, str(classifier_path), dataset.image_shape, dataset.num_classes)
+    storage = ensure_writable_dir(job.run.run_dir / "tune", "run.output_dir")
+    name = f"{job.run.run_id}-tune-{method}"
+    claim_run(dataclasses.replace(job.run, storage_path=str(storage)), name,
+              {"job": dataclasses.asdict(job), "space": space})
+    experiment = storage / name
+    starts = ensure_writable_dir(experiment.parent / f"{name}-starts", "run.output_dir")
+    ensure_ray()
+    reports = max(1, job.generator.steps // job.run.checkpoint_every)
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, job=job, classifier_bytes=raw, classifier_path=str(classifier_path),
+                             starts_dir=str(starts)),
+        {"CPU": 0.01})  # the trial function only waits; its Train workers ask for the CPUs and GPUs
+    if tune.Tuner.can_restore(str(experiment)):
+        progress(f"[tune] resuming the search in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        scheduler = None
+        if job.tune.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(max_t=reports, grace_period=min(job.tune.grace_period, reports),
+                                      reduction_factor=job.tune.reduction_factor)
+        from ray.tune.search import BasicVariantGenerator
+
+        tuner = tune.Tuner(
+            trainable, param_space=to_tune(space),
+            tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=job.tune.num_samples,
+                                        max_concurrent_trials=job.tune.max_concurrent_trials, scheduler=scheduler,
+                                        search_alg=BasicVariantGenerator(random_state=job.tune.seed)),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1))
+    results = tuner.fit()
+    return summarise(job, space, results, reports, storage / name, progress)
+
+
+def summarise(job: JobConfig, space: dict, results, reports: int, experiment: Path, progress) -> dict:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        params = {name: result.config.get(name) for name in space}
+        iterations = int(metrics.get("training_iteration", 0))
+        status = "error" if result.error else ("completed" if iterations >= reports else "stopped early")
+        rows.append({"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status,
+                     "reports": iterations, "step": metrics.get("step"),
+                     **{part: metrics.get(part) for part in PART_COLUMNS}, **params})
+    if not rows or all(row["objective"] is None for row in rows):
+        raise CccError(f"tune: no trial reported an objective; see the trial logs under {experiment}")
+    completed = [row for row in rows if row["status"] == "completed" and row["objective"] is not None]
+    best = max(completed or [r for r in rows if r["objective"] is not None], key=lambda row: row["objective"])
+    best_job = apply_overrides(job, {name: best[name] for name in space}, JobConfig)
+    run_dir = job.run.run_dir
+    write_table(rows, run_dir / "tune-trials")
+    best_file = run_dir / "tune-best.yaml"
+    write_yaml(best_job, best_file)
+    summary = {"trials": len(rows), "completed": len(completed),
+               "stopped_early": sum(row["status"] == "stopped early" for row in rows),
+               "errors": sum(row["status"] == "error" for row in rows), "best": best,
+               "best_config": str(best_file), "trials_table": str(run_dir / "tune-trials.csv")}
+    atomic_write_bytes(run_dir / "tune-summary.json", json.dumps(summary, indent=2, default=str).encode())
+    for row in sorted(rows, key=lambda r: -(r["objective"] if r["objective"] is not None else -1e9)):
+        progress(f"[tune] {row['trial_id']} {row['status']:>13} reports {row['reports']} objective "
+                 f"{row['objective'] if row['objective'] is None else round(row['objective'], 4)}")
+    return summary
+
+
+def write_table(rows: list[dict], stem: Path) -> None:
+    """The trial table as CSV (for people) and Parquet (for tools), each written atomically."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer)
+    atomic_write_bytes(stem.with_suffix(".csv"), buffer.getvalue())
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(stem.with_suffix(".parquet"), buffer.getvalue())

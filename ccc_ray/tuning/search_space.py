@@ -1,0 +1,95 @@
+"""Search spaces in YAML, keyed by the dotted config names the CLI uses, checked before any trial starts.
+
+    generator.kl_weight: {type: loguniform, low: 0.3, high: 3.0}
+    generator.cosine_weight: {type: uniform, low: 0.0, high: 0.5}
+    generator.conditioning: {type: choice, values: [one_hot, soft]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from ccc_ray.config import config_from_dict, read_yaml
+from ccc_ray.errors import CccError
+
+KINDS = ("uniform", "loguniform", "choice", "randint")
+PACKAGED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_space_file(method: str) -> Path:
+    return PACKAGED / f"{method}-search.yaml"
+
+
+def _field_type(config_cls: type, dotted: str) -> Any:
+    section, _, name = dotted.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if section not in fields or not name or not dataclasses.is_dataclass(fields[section].default_factory()):
+        raise CccError(f"tune.search_space: unknown parameter {dotted!r}; use a dotted config name such as "
+                       "generator.kl_weight")
+    inner = {f.name: f for f in dataclasses.fields(fields[section].default_factory())}
+    if name not in inner:
+        raise CccError(f"tune.search_space: unknown parameter {dotted!r}; {section} has "
+                       f"{', '.join(sorted(inner))}")
+    return inner[name]
+
+
+def load_search_space(path: str | Path, config_cls: type) -> dict[str, dict]:
+    """{dotted name: spec} from YAML, every name a real config field and every range sensible."""
+    raw = read_yaml(path)
+    if not raw:
+        raise CccError(f"tune.search_space: {str(path)!r} is empty; give at least one parameter to search")
+    if not isinstance(raw, dict):
+        raise CccError(f"tune.search_space: {str(path)!r} must map parameter names to ranges")
+    space = {}
+    for dotted, spec in raw.items():
+        _field_type(config_cls, dotted)
+        if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+            raise CccError(f"tune.search_space: {dotted}: give {{type: {' | '.join(KINDS)}, ...}}, got {spec!r}")
+        kind = spec["type"]
+        if kind == "choice":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                raise CccError(f"tune.search_space: {dotted}: choice needs a non-empty list `values`")
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+                raise CccError(f"tune.search_space: {dotted}: {kind} needs finite numbers `low` and `high`")
+            if low >= high:
+                raise CccError(f"tune.search_space: {dotted}: low {low} must be below high {high}")
+            if low < 0 and (dotted.endswith("weight") or dotted.endswith("learning_rate")):
+                raise CccError(f"tune.search_space: {dotted}: a weight range must not be negative ({low}..{high})")
+            if kind == "loguniform" and low <= 0:
+                raise CccError(f"tune.search_space: {dotted}: loguniform needs low > 0, got {low}")
+        space[dotted] = spec
+    # Every corner of the space must make a valid config: check the low and high ends now.
+    for end in ("low", "high"):
+        overrides = {k: (s["values"][0] if s["type"] == "choice" else s[end]) for k, s in space.items()}
+        apply_overrides(config_cls(), overrides, config_cls)
+    return space
+
+
+def to_tune(space: dict[str, dict]) -> dict[str, Any]:
+    """The same space as Ray Tune sampling objects (imported here: the rest of the module is Ray-free)."""
+    from ray import tune
+
+    makers = {"uniform": lambda s: tune.uniform(s["low"], s["high"]),
+              "loguniform": lambda s: tune.loguniform(s["low"], s["high"]),
+              "randint": lambda s: tune.randint(int(s["low"]), int(s["high"])),
+              "choice": lambda s: tune.choice(s["values"])}
+    return {name: makers[spec["type"]](spec) for name, spec in space.items()}
+
+
+def apply_overrides(config, overrides: dict[str, Any], config_cls: type):
+    """A validated copy of `config` with dotted overrides applied (through the same checks as YAML)."""
+    from ccc_ray.config import validate_config
+
+    tree = dataclasses.asdict(config)
+    for dotted, value in overrides.items():
+        section, _, name = dotted.partition(".")
+        tree[section][name] = value
+    result = config_from_dict(config_cls, tree)
+    validate_config(result)
+    return result

@@ -1,0 +1,12 @@
+"""Ray job: `ccc-ray tune` (Ray Tune search over loss weights). Submit with
+`ray job submit --working-dir . -- python jobs/tune_losses.py [--config FILE] [--section.field VALUE ...]`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir, when not pip-installed
+
+from ccc_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["tune", *sys.argv[1:]]))
