@@ -1,58 +1,79 @@
-"""Throughput of the fooling-image searches on a digits classifier (a script, not a test).
+"""Throughput of the fooling-image searches on a digits classifier, side by side (a script, not a test).
 
 1. Classifier evaluations per second of MAP-Elites as implemented (the offspring population mutated,
    rendered and scored as one batch) against a naive loop that mutates, renders and scores one image at
-   a time, for the same classifier and the same number of evaluations; direct encoding and CPPN.
-2. Confident counterfeits (confidence >= threshold) per second of wall time for direct-encoding and CPPN
-   MAP-Elites run until all classes are fooled, and for gradient ascent on a batch of targets; with the
-   per-class generations and classifier evaluations the evolution needed.
+   a time, for the same classifier and the same number of evaluations; direct encoding and CPPN, for
+   every population in --populations and thread count in --thread-counts, with the torch classifier and
+   (with --ratio-backends torch,onnx) its ONNX export in onnxruntime.
+2. Confident counterfeits (confidence >= threshold on the stored uint8 image) per second of wall time:
+   the trained inversion generator of the foundation issue (with --run-dir), direct-encoding and CPPN
+   MAP-Elites run until all classes are fooled, and gradient ascent on a batch of targets. The searches
+   are those of `ccc-ray attack` (`ccc_ray.attack.run_search`), in this process.
+3. Per class, the generations and classifier evaluations the evolution needed to reach the threshold.
+4. The black-box path: the same runs against the classifier's ONNX export (onnxruntime); the largest
+   difference of the champions' confidences from the torch runs.
 
-Every figure is the median over --repeats runs. Run from the repository root:
+Figures are medians over --repeats runs. Run from the repository root:
 
-    .venv/bin/python benchmarks/evolution_throughput.py --repeats 5
+    .venv/bin/python benchmarks/evolution_throughput.py --run-dir /tmp/full1/default --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from ccc_ray.attack import AttackRun, run_search
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import accuracy, train_epoch
 from ccc_ray.data.sources import DataConfig, load_dataset
+from ccc_ray.job_config import AttackSettings
 from ccc_ray.methods.cppn import Cppn, CppnConfig
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
-from ccc_ray.methods.gradient_ascent import GradientAscent, GradientAscentConfig
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig, class_probabilities
+from ccc_ray.quality import dequantize, quantize
+
+EVOLUTION = ("direct_encoding", "cppn")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--classifier", help="a ccc-ray classifier file (.safetensors) for digits; "
-                        "default: train a SmallCNN on digits in-process")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs when no --classifier is given")
-    parser.add_argument("--population", type=int, default=200, help="MAP-Elites offspring per generation")
-    parser.add_argument("--generations", type=int, default=20,
-                        help="generations timed in the batched-vs-naive comparison")
+    parser.add_argument("--run-dir", help="a run folder with classifier.safetensors (digits) and, for the "
+                        "generator's figure, generator-inversion.safetensors; default: train a SmallCNN here")
+    parser.add_argument("--classifier", help="a ccc-ray classifier file for digits (instead of --run-dir)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs when no classifier is given")
+    parser.add_argument("--populations", default="200,1000", help="MAP-Elites offspring per generation, "
+                        "comma-separated: section 1 runs each")
+    parser.add_argument("--thread-counts", default="1", help="torch / onnxruntime threads of section 1, "
+                        "comma-separated")
+    parser.add_argument("--ratio-backends", default="torch", help="classifiers of section 1: torch, onnx or both")
+    parser.add_argument("--evaluations", type=int, default=20000,
+                        help="classifier evaluations timed per cell of section 1 (rounded to whole generations)")
+    parser.add_argument("--population", type=int, default=200, help="offspring per generation in sections 2-4")
     parser.add_argument("--max-generations", type=int, default=1000, help="budget of the runs to the threshold")
     parser.add_argument("--ascent-targets", type=int, default=100, help="images per gradient-ascent batch")
+    parser.add_argument("--generator-samples", type=int, default=1000, help="images the generator samples")
     parser.add_argument("--threshold", type=float, default=0.99, help="confidence that counts as fooled")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (the median is printed)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="torch device for the search and the classifier")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in sections 2-4")
     return parser.parse_args()
 
 
-def digits_classifier(args: argparse.Namespace, device: torch.device):
-    data = load_dataset(DataConfig())
-    if args.classifier:
-        from ccc_ray.classifiers.weights import load_classifier
+def digits_classifier(args: argparse.Namespace):
+    """(model, data, test accuracy, classifier file or None)."""
+    from ccc_ray.classifiers.weights import load_classifier
 
-        model, _ = load_classifier(args.classifier, data.image_shape, data.num_classes)
+    data = load_dataset(DataConfig())
+    path = Path(args.run_dir) / "classifier.safetensors" if args.run_dir else args.classifier
+    if path:
+        model, _ = load_classifier(path, data.image_shape, data.num_classes)
     else:
         torch.manual_seed(1)
         model = SmallCNN(data.image_shape, data.num_classes)
@@ -62,8 +83,16 @@ def digits_classifier(args: argparse.Namespace, device: torch.device):
                                              batch_size=64, shuffle=True, generator=generator)
         for _ in range(args.epochs):
             train_epoch(model, loader, optimizer, torch.device("cpu"), 1, generator)
-    model = model.to(device).eval().requires_grad_(False)
-    return model, data, accuracy(model, data.test_images, data.test_labels, device)
+    model = model.eval().requires_grad_(False)
+    return model, data, accuracy(model, data.test_images, data.test_labels, torch.device("cpu")), path
+
+
+def export_for_onnx(model, data, folder: str) -> Path:
+    from ccc_ray.export.onnx_export import export_onnx
+
+    path = Path(folder) / "classifier.onnx"
+    export_onnx(model, path, list(data.class_names), data.image_shape)
+    return path
 
 
 @torch.no_grad()
@@ -98,69 +127,140 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def encoding_for(name: str, shape):
+    return DirectEncoding(DirectEncodingConfig(), shape) if name == "direct_encoding" else Cppn(CppnConfig(), shape)
+
+
+def section_ratio(args, model, onnx_path: Path, data) -> None:
+    from ccc_ray.export.onnx_runtime import OnnxClassifier
+
+    shape, classes = data.image_shape, data.num_classes
+    print("\n1. classifier evaluations per second: batched MAP-Elites vs a naive one-image-at-a-time loop "
+          f"(about {args.evaluations} evaluations each)")
+    print(f"{'backend':<8}{'threads':>8}{'population':>11}{'encoding':>17}{'batched/s':>11}{'naive/s':>9}"
+          f"{'ratio':>7}")
+    for backend in args.ratio_backends.split(","):
+        for threads in map(int, args.thread_counts.split(",")):
+            torch.set_num_threads(threads)
+            classifier = model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=threads)
+            for population in map(int, args.populations.split(",")):
+                generations = max(1, round(args.evaluations / population) - 1)
+                evaluations = population * (generations + 1)
+                timing = MapElitesConfig(population_size=population, max_generations=generations,
+                                         stop_at_threshold=False, threshold=args.threshold)
+                for name in EVOLUTION:
+                    encoding = encoding_for(name, shape)
+                    search = MapElites(timing, encoding)
+                    search.run(classifier, classes, seed=0)  # warm-up
+                    batched, naive = [], []
+                    for repeat in range(args.repeats):
+                        batched.append(evaluations / timed(search.run, classifier, classes, repeat))
+                        naive.append(evaluations / timed(naive_map_elites, encoding, classifier, classes,
+                                                         evaluations, population, repeat))
+                    print(f"{backend:<8}{threads:>8}{population:>11}{name:>17}{median(batched):>11.0f}"
+                          f"{median(naive):>9.0f}{median(batched) / median(naive):>7.1f}", flush=True)
+    torch.set_num_threads(args.threads)
+
+
+def generator_rate(args, model, data, classifier_file) -> tuple[float, int, int, float] | None:
+    """(counterfeits/s, kept, sampled, seconds) of the run's inversion generator, median over repeats."""
+    from ccc_ray.classifiers.weights import load_classifier
+    from ccc_ray.methods.generator_file import load_generator
+
+    file = Path(args.run_dir) / "generator-inversion.safetensors" if args.run_dir else None
+    if file is None or not file.is_file():
+        return None
+    method, meta = load_generator(file)
+    _, info = load_classifier(classifier_file)
+    if meta["classifier_sha256"] != info.sha256:
+        raise SystemExit(f"{file} was trained against another classifier than {classifier_file}")
+    targets = torch.arange(args.generator_samples) % data.num_classes
+    rates, kept, seconds = [], [], []
+    for repeat in range(args.repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            images = dequantize(quantize(method.sample(targets, seed=repeat)))
+            confidence = torch.softmax(model(images), 1)[torch.arange(len(targets)), targets]
+        seconds.append(time.perf_counter() - start)
+        kept.append(int((confidence >= args.threshold).sum()))
+        rates.append(kept[-1] / seconds[-1])
+    return median(rates), int(median(kept)), len(targets), median(seconds)
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    model, data, test_accuracy = digits_classifier(args, device)
+    model, data, test_accuracy, classifier_file = digits_classifier(args)
     shape, classes = data.image_shape, data.num_classes
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} thread(s); "
-          f"digits SmallCNN, test accuracy {test_accuracy:.3f}; median of {args.repeats} repeats")
+    print(f"torch {torch.__version__}, CPU, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the "
+          f"start); digits SmallCNN {classifier_file or f'trained here for {args.epochs} epochs'}, "
+          f"test accuracy {test_accuracy:.4f}; median of {args.repeats} repeats")
+    folder = tempfile.TemporaryDirectory(prefix="ccc-bench-")
+    onnx_path = export_for_onnx(model, data, folder.name)
 
-    encodings = {"direct": DirectEncoding(DirectEncodingConfig(), shape, device),
-                 "cppn": Cppn(CppnConfig(), shape, device)}
-    evaluations = args.population * (args.generations + 1)
-    print(f"\n1. classifier evaluations per second, {evaluations} evaluations "
-          f"(population {args.population}, {args.generations} generations)")
-    print(f"{'encoding':<10}{'batched/s':>12}{'naive/s':>12}{'ratio':>8}")
-    timing = MapElitesConfig(population_size=args.population, max_generations=args.generations,
-                             stop_at_threshold=False, threshold=args.threshold)
-    for name, encoding in encodings.items():
-        search = MapElites(timing, encoding)
-        search.run(model, classes, seed=0)  # warm-up
-        batched, naive = [], []
-        for repeat in range(args.repeats):
-            batched.append(evaluations / timed(search.run, model, classes, repeat))
-            naive.append(evaluations / timed(naive_map_elites, encoding, model, classes, evaluations,
-                                             args.population, repeat))
-        print(f"{name:<10}{median(batched):>12.0f}{median(naive):>12.0f}{median(batched) / median(naive):>8.1f}")
+    section_ratio(args, model, onnx_path, data)
 
-    print(f"\n2. confident counterfeits (confidence >= {args.threshold}) per second, runs to the threshold")
-    print(f"{'method':<17}{'counterfeits/s':>15}{'fooled':>9}{'seconds':>9}")
-    budget = MapElitesConfig(population_size=args.population, max_generations=args.max_generations,
-                             threshold=args.threshold)
-    needs = {}
-    for name, encoding in encodings.items():
-        rates, fooled, seconds, results = [], [], [], []
+    print(f"\n2. confident counterfeits (confidence >= {args.threshold} on the stored uint8 image) per second, "
+          f"{args.threads} thread(s); evolution: population {args.population}, all {classes} classes per run, "
+          f"at most {args.max_generations} generations")
+    print(f"{'method':<17}{'counterfeits/s':>15}{'kept':>11}{'seconds':>9}")
+    generated = generator_rate(args, model, data, classifier_file)
+    if generated is None:
+        print(f"{'inversion':<17}{'(no generator-inversion.safetensors: pass --run-dir)':>40}")
+    else:
+        rate, kept, sampled, seconds = generated
+        print(f"{'inversion':<17}{rate:>15.1f}{kept:>6}/{sampled:<4}{seconds:>9.3f}")
+    all_classes = tuple(range(classes))
+    results = {}
+    for name in EVOLUTION:
+        settings = AttackSettings(method=name, population_size=args.population,
+                                  max_generations=args.max_generations, threshold=args.threshold)
+        rates, kept, seconds, runs = [], [], [], []
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            result = MapElites(budget, encoding).run(model, classes, seed=repeat)
+            result = run_search(settings, model, classes, shape, AttackRun(repeat, 0, all_classes, repeat))
             seconds.append(time.perf_counter() - start)
-            fooled.append(int(result.fooled.sum()))
-            rates.append(fooled[-1] / seconds[-1])
-            results.append(result)
-        needs[name] = results
-        print(f"{'map_elites_' + name:<17}{median(rates):>15.1f}{median(fooled):>6.0f}/{classes}"
-              f"{median(seconds):>9.2f}")
-    targets = torch.arange(args.ascent_targets, device=device) % classes
-    ascent = GradientAscent(GradientAscentConfig(threshold=args.threshold), model, shape, classes, device)
-    rates, fooled, seconds = [], [], []
+            kept.append(int((result.confidences >= args.threshold).sum()))
+            rates.append(kept[-1] / seconds[-1])
+            runs.append(result)
+        results[name] = (settings, runs)
+        print(f"{name:<17}{median(rates):>15.1f}{median(kept):>6.0f}/{classes:<4}{median(seconds):>9.3f}")
+    settings = AttackSettings(method="gradient_ascent", threshold=args.threshold)
+    targets = tuple(int(t) for t in torch.arange(args.ascent_targets) % classes)
+    rates, kept, seconds = [], [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
-        result = ascent.run(targets, seed=repeat)
+        result = run_search(settings, model, classes, shape, AttackRun(repeat, 0, targets, repeat))
         seconds.append(time.perf_counter() - start)
-        fooled.append(int(result.fooled.sum()))
-        rates.append(fooled[-1] / seconds[-1])
-    print(f"{'gradient_ascent':<17}{median(rates):>15.1f}{median(fooled):>6.0f}/{len(targets)}"
-          f"{median(seconds):>9.2f}")
+        kept.append(int((result.confidences >= args.threshold).sum()))
+        rates.append(kept[-1] / seconds[-1])
+    print(f"{'gradient_ascent':<17}{median(rates):>15.1f}{median(kept):>6.0f}/{len(targets):<4}{median(seconds):>9.3f}")
 
     print("\n3. per class, median over the repeats: generations (evaluations) until the champion first "
           f"reached {args.threshold}; -1 = not within {args.max_generations} generations")
-    print(f"{'class':<10}" + "".join(f"{k:>12}" for k in range(classes)))
-    for name, results in needs.items():
-        generations = torch.stack([r.generations_to_threshold for r in results]).median(0).values
-        spent = torch.stack([r.evaluations_to_threshold for r in results]).median(0).values
-        print(f"{name:<10}" + "".join(f"{int(g):>5} ({int(e):>5})" for g, e in zip(generations, spent)))
+    print(f"{'class':<16}" + "".join(f"{k:>14}" for k in range(classes)))
+    for name, (_, runs) in results.items():
+        generations = torch.tensor([r.generations.tolist() for r in runs]).median(0).values
+        spent = torch.tensor([r.evaluations.tolist() for r in runs]).median(0).values
+        print(f"{name:<16}" + "".join(f"{int(g):>5} ({int(e):>6})" for g, e in zip(generations, spent)))
+
+    from ccc_ray.export.onnx_runtime import OnnxClassifier
+
+    onnx = OnnxClassifier(onnx_path, num_threads=args.threads)
+    print("\n4. the same runs against the ONNX export (onnxruntime, black box): champions' confidences")
+    print(f"{'method':<17}{'max |torch - onnx|':>19}{'same images':>13}{'same generations':>18}{'onnx seconds':>14}")
+    for name, (settings, runs) in results.items():
+        gaps, same_images, same_generations, seconds = [], True, True, []
+        for repeat, by_torch in enumerate(runs):
+            start = time.perf_counter()
+            by_onnx = run_search(settings, onnx, classes, shape, AttackRun(repeat, 0, all_classes, repeat))
+            seconds.append(time.perf_counter() - start)
+            gaps.append(float(abs(by_onnx.confidences - by_torch.confidences).max()))
+            same_images &= bool((by_onnx.images == by_torch.images).all())
+            same_generations &= bool((by_onnx.generations == by_torch.generations).all())
+        print(f"{name:<17}{max(gaps):>19.2e}{str(same_images):>13}{str(same_generations):>18}"
+              f"{median(seconds):>14.3f}")
+    folder.cleanup()
 
 
 if __name__ == "__main__":

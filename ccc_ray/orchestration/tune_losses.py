@@ -98,9 +98,12 @@ def run_tune(job: JobConfig, progress=print) -> dict:
 
         tuner = tune.Tuner(
             trainable, param_space=to_tune(space),
+            # The concurrency bound goes to the search algorithm itself: Tune ignores TuneConfig's
+            # max_concurrent_trials when a BasicVariantGenerator is passed in.
             tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=job.tune.num_samples,
-                                        max_concurrent_trials=job.tune.max_concurrent_trials, scheduler=scheduler,
-                                        search_alg=BasicVariantGenerator(random_state=job.tune.seed)),
+                                        scheduler=scheduler,
+                                        search_alg=BasicVariantGenerator(random_state=job.tune.seed,
+                                                                         max_concurrent=job.tune.max_concurrent_trials)),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1))
     results = tuner.fit()
     return summarise(job, space, results, reports, storage / name, progress)

@@ -34,18 +34,19 @@ def test_direct_encoding_attack_writes_confident_counterfeits_with_lineage(
         ray_cluster, capsys, tmp_path, digits, digits_classifier_file):
     argv = ["attack", "--run.output_dir", str(tmp_path), "--run.classifier_path", str(digits_classifier_file),
             "--attack.method", "direct_encoding", "--attack.per_class", "2", "--attack.class_groups", "2",
-            "--attack.max_generations", "400", "--attack.seed", "3"]
+            "--attack.max_generations", "400", "--attack.seed", "3", "--attack.threshold", "0.9"]
     assert cli.main([*argv, "--attack.num_tasks", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 run(s)" in out and "on 2 actor(s)" in out
     store = tmp_path / "default" / "counterfeits" / "direct_encoding-default.parquet"
     table = read_store(store, digits.image_shape, digits.num_classes)
-    # Two runs per class, each class fooled in both (a 3-epoch classifier falls within 400 generations).
+    # Two runs per class, each class fooled in both: the 3-epoch classifier reaches 0.9 within about 120 generations
+    # (0.99 takes it over 1,000 generations for some classes; tests/methods fools a 10-epoch one at 0.99).
     assert table.num_rows == 20
     assert sorted(table["target"].to_pylist()) == sorted(list(range(10)) * 2)
     assert set(table["method"].to_pylist()) == {"direct_encoding"}
     confidence = np.asarray(table["confidence"].to_pylist())
-    assert (confidence >= 0.99).all()
+    assert (confidence >= 0.9).all()
     # Lineage: the classifier's fingerprint, the run seeds, the distance to the training data, the settings.
     model, info = load_classifier(digits_classifier_file)
     assert set(table["classifier_sha256"].to_pylist()) == {info.sha256}
