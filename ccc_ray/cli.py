@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--print-config", action="store_true",
                              help="print the resolved settings as YAML and exit")
         add_config_arguments(command, JobConfig)
+        command.add_argument("--data-root", dest="cfg:data.root", metavar="DIR", help="same as --data.root")
+        command.add_argument("--download", dest="cfg:data.download", action="store_const", const="true",
+                             help="same as --data.download true: fetch a torchvision data set into the root")
         if name in ("harden", "pipeline"):
             command.add_argument("--rounds", dest="cfg:harden.rounds", type=int, metavar="R",
                                  help="same as --harden.rounds")
