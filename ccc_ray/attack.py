@@ -30,6 +30,7 @@ import torch
 
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
+from ccc_ray.job_config import AttackSettings
 from ccc_ray.methods import EVOLUTION_ENCODINGS
 from ccc_ray.methods.base import ClassifierFn
 from ccc_ray.methods.gradient_ascent import GradientAscent
@@ -169,9 +170,9 @@ class RunResult:
     seconds: float
 
 
-def run_search(settings, classifier_fn: ClassifierFn, num_outputs: int, image_shape: tuple[int, int, int],
+def run_search(settings: AttackSettings, classifier_fn: ClassifierFn, num_outputs: int, image_shape: tuple[int, int, int],
                run: AttackRun, device: torch.device | str = "cpu") -> RunResult:
-    """One run of `settings.method` (an AttackSettings) against `classifier_fn`, on the stored images."""
+    """One run of `settings.method` against `classifier_fn`, judged on the stored images."""
     start = time.perf_counter()
     scorer = StoredImageClassifier(classifier_fn)
     classes = torch.tensor(run.classes, dtype=torch.int64, device=device)
@@ -224,7 +225,7 @@ class AttackReport:
 
 
 def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, target: AttackTarget,
-                       dataset: ImageDataset, *, method: str, threshold: float, store_dir: Path, run_id: str,
+                       dataset: ImageDataset, *, method: str, threshold: float, store_dir: Path | str, run_id: str,
                        run_metadata: dict, wall_seconds: float) -> AttackReport:
     """Re-score every run's stored images with `classifier_fn`, keep those >= `threshold`, write one store file.
 

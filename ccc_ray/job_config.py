@@ -31,7 +31,8 @@ class RunSettings:
                                             "(default: output_dir/run_id/ray; use NFS or s3:// on clusters)")
     classifier_path: str | None = option(None, "classifier file (default: output_dir/run_id/classifier.safetensors)")
     generator_path: str | None = option(None, "generator file (default: output_dir/run_id/generator-<method>.safetensors)")
-    store_path: str | None = option(None, "Parquet counterfeit store folder (default: output_dir/run_id/counterfeits)")
+    store_path: str | None = option(None, "Parquet counterfeit store folder or URI, e.g. s3://bucket/prefix "
+                                          "(default: output_dir/run_id/counterfeits)")
     num_workers: int = option(1, "Ray Train workers (data-parallel); one is right for small data")
     use_gpu: bool | None = option(None, "train on GPUs: true, false, or none = when the cluster has GPUs")
     cpus_per_worker: float = option(1.0, "CPUs reserved per Ray Train worker")
@@ -61,7 +62,10 @@ class RunSettings:
         return Path(self.generator_path).absolute() if self.generator_path else self.run_dir / f"generator-{method}.safetensors"
 
     @property
-    def store_dir(self) -> Path:
+    def store_dir(self) -> Path | str:
+        """The counterfeit store folder; a URI (s3://, gs://, ...) is kept as it is."""
+        if self.store_path and "://" in self.store_path:
+            return self.store_path
         return Path(self.store_path).absolute() if self.store_path else self.run_dir / "counterfeits"
 
     @property
@@ -152,7 +156,8 @@ class AttackSettings:
     per_class: int = option(1, "counterfeits per target class, each from its own independently seeded run")
     targets: list[int] = option([], "target classes, e.g. 0,3,7 (default: every class)")
     class_groups: int = option(1, "split the targets into this many groups, each searched by its own run "
-                                  "(more, smaller runs for Ray to spread; each stops once its classes are fooled)")
+                                  "(at most one per target: more, smaller runs for Ray to spread; each stops "
+                                  "once its classes are fooled)")
     threshold: float = option(0.99, "goal of every search and the keep rule: target confidence on the stored "
                                     "uint8 image >= this")
     seed: int = option(1, "seed of the attack; every run's seed is drawn from it")

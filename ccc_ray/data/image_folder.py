@@ -45,7 +45,7 @@ def load_image_folder(root: str, image_size: int | None, channels: int | None
                                            f"was {size[0]}x{size[1]}; set --data.image_size to resize all")
                         img = img.resize(size, Image.BILINEAR)
                     arrays.append(np.asarray(img, dtype=np.uint8))
-            except (UnidentifiedImageError, OSError) as error:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
                 raise CccError(f"data.root: {path} is not a readable image ({error})") from None
             labels.append(label)
     if not arrays:

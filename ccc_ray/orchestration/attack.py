@@ -29,8 +29,13 @@ from ccc_ray.attack import (
     write_report,
 )
 from ccc_ray.data.sources import load_dataset
+from ccc_ray.errors import CccError
 from ccc_ray.job_config import AttackSettings, JobConfig
-from ccc_ray.orchestration.ray_runtime import ensure_ray, resolve_use_gpu, training_failed
+from ccc_ray.orchestration.ray_runtime import (
+    ensure_ray,
+    resolve_use_gpu,
+    training_failed,
+)
 from ccc_ray.storage import ensure_writable_dir
 
 
@@ -57,6 +62,8 @@ def actor_count(settings: AttackSettings, runs: int, use_gpu: bool) -> int:
     Every actor keeps its reservation until the attack ends, so more actors than fit would wait forever.
     """
     resources = ray.cluster_resources()
+    if use_gpu and not resources.get("GPU"):
+        raise CccError("run.use_gpu: true, but the Ray cluster has no GPU; leave it unset to use the CPUs")
     capacity = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1) // settings.cpus_per_task)
     return max(1, min(settings.num_tasks or runs, runs, capacity))
 

@@ -1,4 +1,9 @@
-"""Reading counterfeit stores back, validated: schema, image shape and class range."""
+"""Reading counterfeit stores back, validated: schema, nulls, value ranges, image shape and size.
+
+A store is a Parquet file or a folder of them, local or under a storage URI (`s3://`, `gs://`, ...).
+Files come from other people and other jobs, so every check runs before a row is used, and each
+failure names the file and what was wrong.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,52 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
 from ccc_ray.errors import CccError
+from ccc_ray.storage import filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA
 
+# A store file whose columns would decompress to more than this is refused before it is read
+# (a few million 32x32 RGB images; a zstd "bomb" of a few kilobytes could otherwise claim any size).
+MAX_UNCOMPRESSED_BYTES = 16 * 2**30
+MAX_IMAGE_SIDE = 4096
+CHANNELS = (1, 3)
 
-def store_files(path: str | Path) -> list[Path]:
+
+def store_files(path: str | Path) -> list[str | Path]:
     """The Parquet files of a store: the file itself, or the visible `*.parquet` files of a folder."""
-    base = Path(path)
-    if base.is_file():
-        return [base]
-    if base.is_dir():
-        files = sorted(p for p in base.glob("*.parquet") if not p.name.startswith("."))
-        if not files:
-            raise CccError(f"counterfeit store {str(base)!r} holds no .parquet files")
-        return files
-    raise CccError(f"counterfeit store {str(base)!r} does not exist")
+    if not is_uri(path):
+        base = Path(path)
+        if base.is_file():
+            return [base]
+        if base.is_dir():
+            files = sorted(p for p in base.glob("*.parquet") if not p.name.startswith("."))
+            if not files:
+                raise CccError(f"counterfeit store {str(base)!r} holds no .parquet files")
+            return files
+        raise CccError(f"counterfeit store {str(base)!r} does not exist")
+    filesystem, inner = filesystem_for(path, "counterfeit store")
+    try:
+        info = filesystem.get_file_info(inner)
+        if info.type == pafs.FileType.File:
+            return [path]
+        if info.type == pafs.FileType.Directory:
+            names = sorted(entry.base_name for entry in filesystem.get_file_info(pafs.FileSelector(inner))
+                           if entry.type == pafs.FileType.File and entry.base_name.endswith(".parquet")
+                           and not entry.base_name.startswith("."))
+            if not names:
+                raise CccError(f"counterfeit store {path!r} holds no .parquet files")
+            return [join_location(path, name) for name in names]
+    except (OSError, pa.ArrowException) as error:
+        raise CccError(f"counterfeit store {path!r} cannot be listed ({' '.join(str(error).split())[:300]})") from None
+    raise CccError(f"counterfeit store {path!r} does not exist")
 
 
-def _check_schema(schema: pa.Schema, file: Path) -> None:
+def _check_schema(schema: pa.Schema, file: str | Path) -> None:
     for field in COUNTERFEIT_SCHEMA:
         if field.name not in schema.names:
             raise CccError(f"counterfeit store {str(file)!r} has no column {field.name!r}; is it a ccc-ray store?")
@@ -36,17 +66,68 @@ def _check_schema(schema: pa.Schema, file: Path) -> None:
                            f"{schema.field(field.name).type}, expected {field.type}")
 
 
+def _read_file(file: str | Path) -> pa.Table:
+    """One store file, after its schema and declared size have been checked."""
+    filesystem, inner = filesystem_for(file, "counterfeit store")
+    try:
+        with filesystem.open_input_file(inner) as handle:
+            parquet = pq.ParquetFile(handle)
+            _check_schema(parquet.schema_arrow, file)
+            declared = sum(parquet.metadata.row_group(i).total_byte_size for i in range(parquet.num_row_groups))
+            if declared > MAX_UNCOMPRESSED_BYTES:
+                raise CccError(f"counterfeit store {str(file)!r} would decompress to {declared / 2**30:.1f} GiB, "
+                               f"more than the {MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB a store file may hold; "
+                               "split it into several files")
+            return parquet.read(columns=COUNTERFEIT_SCHEMA.names)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise CccError(f"counterfeit store {str(file)!r} is not a Parquet file, or cannot be read "
+                       f"({' '.join(str(error).split())[:300]})") from None
+
+
+def _check_values(table: pa.Table, where: str) -> None:
+    """Nulls, ranges and image byte sizes: what the schema alone cannot promise."""
+    if table.num_rows == 0:
+        return  # read_store refuses a store with no rows at all
+    for name in COUNTERFEIT_SCHEMA.names:
+        if table[name].null_count:
+            raise CccError(f"counterfeit store {where}: column {name!r} has {table[name].null_count} empty values")
+    for name in ("confidence", "nearest_train_l2"):
+        if pc.any(pc.invert(pc.is_finite(table[name]))).as_py():
+            raise CccError(f"counterfeit store {where}: column {name!r} holds NaN or infinite values")
+    for name, low, high in (("confidence", 0.0, 1.0), ("nearest_train_l2", 0.0, None),
+                            ("target", 0, None), ("predicted", 0, None), ("sample_index", 0, None)):
+        smallest, largest = (value.as_py() for value in pc.min_max(table[name]).values())
+        if smallest < low or (high is not None and largest > high):
+            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise CccError(f"counterfeit store {where}: column {name!r} holds values from {_number(smallest)} to "
+                           f"{_number(largest)}, expected {bound}")
+    for name in ("height", "width"):
+        smallest, largest = (v.as_py() for v in pc.min_max(table[name]).values())
+        if smallest < 1 or largest > MAX_IMAGE_SIDE:
+            raise CccError(f"counterfeit store {where}: column {name!r} holds {smallest} to {largest}, "
+                           f"expected 1 to {MAX_IMAGE_SIDE} pixels")
+    channels = set(pc.unique(table["channels"]).to_pylist())
+    if not channels <= set(CHANNELS):
+        raise CccError(f"counterfeit store {where}: column 'channels' holds {sorted(channels)}, expected 1 or 3")
+    expected = pc.multiply(pc.multiply(table["height"].cast(pa.int64()), table["width"].cast(pa.int64())),
+                           table["channels"].cast(pa.int64()))
+    wrong = pc.sum(pc.not_equal(pc.binary_length(table["image"]).cast(pa.int64()), expected)).as_py() or 0
+    if wrong:
+        raise CccError(f"counterfeit store {where}: {wrong} images are not height x width x channels bytes long")
+
+
+def _number(value: float | int) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def read_store(path: str | Path, image_shape: tuple[int, int, int] | None = None,
                num_classes: int | None = None) -> pa.Table:
     """All rows of a store, checked against the schema and, if given, the data's shape and class count."""
     tables = []
     for file in store_files(path):
-        try:
-            schema = pq.read_schema(file)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise CccError(f"counterfeit store {str(file)!r} is not a Parquet file ({error})") from None
-        _check_schema(schema, file)
-        tables.append(pq.read_table(file, columns=COUNTERFEIT_SCHEMA.names))
+        table = _read_file(file)
+        _check_values(table, repr(str(file)))
+        tables.append(table)
     table = pa.concat_tables(tables)
     if table.num_rows == 0:
         raise CccError(f"counterfeit store {str(path)!r} is empty")
@@ -59,8 +140,8 @@ def read_store(path: str | Path, image_shape: tuple[int, int, int] | None = None
         raise CccError(f"counterfeit store {str(path)!r} holds {'x'.join(map(str, shape))} images, "
                        f"expected {'x'.join(map(str, image_shape))}")
     if num_classes is not None:
-        top = max(table["target"].to_pylist())
-        if top >= num_classes or min(table["target"].to_pylist()) < 0:
+        top = pc.max(table["target"]).as_py()
+        if top >= num_classes:
             raise CccError(f"counterfeit store {str(path)!r} has target class {top}, "
                            f"but the classifier has {num_classes} classes")
     return table
@@ -81,5 +162,7 @@ def table_images(table: pa.Table) -> torch.Tensor:
 
 
 def store_class_names(path: str | Path) -> list[str] | None:
-    metadata = pq.read_schema(store_files(path)[0]).metadata or {}
+    file = store_files(path)[0]
+    filesystem, inner = filesystem_for(file, "counterfeit store")
+    metadata = pq.read_schema(inner, filesystem=filesystem).metadata or {}
     return json.loads(metadata[CLASS_NAMES_KEY]) if CLASS_NAMES_KEY in metadata else None

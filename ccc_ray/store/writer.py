@@ -1,8 +1,23 @@
-"""Streaming, atomic Parquet writes of counterfeit batches.
+"""Streaming, atomic Parquet writes of counterfeit batches, to a local folder or a storage URI.
 
 A run's rows go to `<store>/<method>-<run_id>.parquet`. Batches stream into a hidden temporary file
-(memory stays bounded by one batch); only `commit()` renames it into place, so readers never see a half
-file, and re-running a run id replaces its file instead of adding duplicate rows.
+beside it (memory stays bounded by one batch); only `commit()` puts it in place, so readers never see a
+half file, and re-running a run id replaces its file instead of adding duplicate rows.
+
+What "in place" means per storage:
+- a local or NFS folder: fsync, then `os.replace`, an atomic rename: readers see the old file or the new
+  one, never a mix;
+- S3 and GCS (`s3://`, `gs://`): object stores have no rename. An object becomes visible only when its
+  upload completes, whole (S3 PUT and multipart uploads, GCS uploads), and S3 reads are strongly
+  consistent after a write. The temporary object is written under a hidden name, then copied onto the
+  final key in one server-side copy (atomic per object: the old object or the new one) and deleted. A
+  job killed mid-write leaves at most a hidden temporary object, or an incomplete multipart upload that
+  S3 never lists (a bucket lifecycle rule "abort incomplete multipart uploads" reclaims those). S3's
+  single copy is limited to 5 GB per store file.
+
+Hidden names (a leading '.') are skipped by `read_store`, pyarrow datasets, pandas and Ray Data. A
+temporary left behind by a killed writer on this host is removed when the next writer of the same run
+id commits.
 """
 
 from __future__ import annotations
@@ -11,16 +26,18 @@ import hashlib
 import json
 import os
 import re
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ccc_ray.errors import CccError
-from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.storage import ensure_writable_dir, filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, RUN_METADATA_KEY
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -33,8 +50,9 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def store_file(store: str | Path, method: str, run_id: str) -> Path:
-    return Path(store) / f"{check_name(method, 'method')}-{check_name(run_id, 'run_id')}.parquet"
+def store_file(store: str | Path, method: str, run_id: str) -> str | Path:
+    """The store file of a run: a Path in a local folder, a URI under a URI."""
+    return join_location(store, f"{check_name(method, 'method')}-{check_name(run_id, 'run_id')}.parquet")
 
 
 def counterfeit_id(run_id: str, method: str, seed: int, sample_index: int) -> str:
@@ -75,16 +93,24 @@ def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np
 
 
 class CounterfeitWriter:
-    """Context manager: `with CounterfeitWriter(...) as w: w.write(batch)`; commits on clean exit only."""
+    """Context manager: `with CounterfeitWriter(...) as w: w.write(batch)`; commits on clean exit only.
+
+    `store` is a local folder or a URI (see the module docstring for what each guarantees).
+    """
 
     def __init__(self, store: str | Path, method: str, run_id: str, run_metadata: dict[str, Any],
                  class_names: list[str]):
         self.path = store_file(store, method, run_id)
-        ensure_writable_dir(self.path.parent, "output")
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        ensure_writable_dir(store, "run.store_path")
+        self._fs, self._target = filesystem_for(self.path, "run.store_path")
+        self._local = not is_uri(self.path)
+        folder, name = self._target.rsplit("/", 1)
+        self._tmp_prefix = f"{folder}/.{name}."
+        self._tmp = f"{self._tmp_prefix}{_HOST}.{os.getpid()}.tmp"
         metadata = {RUN_METADATA_KEY: json.dumps(run_metadata, default=str).encode(),
                     CLASS_NAMES_KEY: json.dumps(list(class_names)).encode()}
-        self._writer = pq.ParquetWriter(self._tmp, COUNTERFEIT_SCHEMA.with_metadata(metadata), compression="zstd")
+        self._sink = self._fs.open_output_stream(self._tmp)
+        self._writer = pq.ParquetWriter(self._sink, COUNTERFEIT_SCHEMA.with_metadata(metadata), compression="zstd")
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -92,18 +118,51 @@ class CounterfeitWriter:
             self._writer.write_batch(batch)
             self.rows += batch.num_rows
 
-    def commit(self) -> Path:
+    def commit(self) -> str | Path:
+        """Finish the file and put it in place; returns its path or URI."""
         self._writer.close()
-        with open(self._tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
+        self._sink.close()
+        try:
+            if self._local:
+                with open(self._tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(self._tmp, self._target)
+            else:
+                self._fs.move(self._tmp, self._target)  # S3/GCS: one server-side copy, then delete
+        except (OSError, pa.ArrowException) as error:
+            self._delete_tmp()
+            raise CccError(f"run.store_path: could not put {str(self.path)!r} in place ({error})") from None
+        self._remove_stale_temporaries()
         return self.path
 
     def abort(self) -> None:
         try:
             self._writer.close()
+            self._sink.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._delete_tmp()
+
+    def _delete_tmp(self) -> None:
+        try:
+            self._fs.delete_file(self._tmp)
+        except (FileNotFoundError, OSError, pa.ArrowException):
+            pass
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporaries of this file left by writers on this host that no longer run (SIGKILL, OOM)."""
+        folder = self._tmp_prefix.rsplit("/", 1)[0]
+        try:
+            infos = self._fs.get_file_info(pafs.FileSelector(folder))
+        except (OSError, pa.ArrowException):
+            return
+        for info in infos:
+            rest = info.path[len(self._tmp_prefix):] if info.path.startswith(self._tmp_prefix) else ""
+            host, _, pid = rest.removesuffix(".tmp").rpartition(".")
+            if host == _HOST and pid.isdigit() and not _process_alive(int(pid)):
+                try:
+                    self._fs.delete_file(info.path)
+                except (OSError, pa.ArrowException):
+                    pass
 
     def __enter__(self) -> "CounterfeitWriter":
         return self
@@ -113,3 +172,16 @@ class CounterfeitWriter:
             self.commit()
         else:
             self.abort()
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from ccc_ray.attack import AttackRun, StoredImageClassifier, load_target, plan_runs, run_search
+from ccc_ray.attack import (
+    AttackRun,
+    StoredImageClassifier,
+    load_target,
+    plan_runs,
+    run_search,
+)
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.export.onnx_export import export_onnx
 from ccc_ray.job_config import AttackSettings
@@ -53,7 +59,7 @@ def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, on
     assert onnx_target.kind == "onnx" and onnx_target.sha256 == torch_target.sha256  # fingerprint from metadata
     by_torch = run_search(settings, torch_fn, 10, digits.image_shape, run)
     by_onnx = run_search(settings, onnx_fn, 10, digits.image_shape, run)
-    assert (by_onnx.confidences - by_torch.confidences).__abs__().max() <= 1e-4
+    assert abs(by_onnx.confidences - by_torch.confidences).max() <= 1e-4
     assert (by_onnx.images == by_torch.images).all()
     assert (by_onnx.generations == by_torch.generations).all()
     # The confidences are those of the stored uint8 images.
