@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 import torch
 
@@ -47,3 +52,46 @@ def digits_generator_file(tmp_path_factory, digits, digits_classifier_file):
     path = tmp_path_factory.mktemp("generator") / "generator-inversion.safetensors"
     save_generator(path, method, digits.image_shape, list(digits.class_names), info.sha256)
     return path
+
+
+# Processes a test starts in their own session (start_new_session=True), killed by pid: never `ray stop`
+# or a kill by name, which would reach other people's Ray clusters on a shared machine.
+def session_pids(session_id: int) -> list[int]:
+    table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=False).stdout.splitlines()
+    return [int(row.split()[0]) for row in table if len(row.split()) == 2 and int(row.split()[1]) == session_id]
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session this test started (its Ray daemons and workers included), by pid."""
+    for _ in range(5):
+        pids = session_pids(session_id)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            return
+        time.sleep(0.5)
+
+
+class Sessions:
+    """Process sessions a test started (`start_new_session=True`): list, kill, and kill the rest at teardown."""
+
+    def __init__(self) -> None:
+        self.tracked: list[int] = []
+
+    def track(self, session_id: int) -> int:
+        self.tracked.append(session_id)
+        return session_id
+
+    pids = staticmethod(session_pids)
+    kill = staticmethod(kill_session)
+
+
+@pytest.fixture
+def sessions():
+    tracker = Sessions()
+    yield tracker
+    for session in tracker.tracked:
+        kill_session(session)

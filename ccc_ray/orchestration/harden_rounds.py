@@ -35,7 +35,8 @@ def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobCon
     steps = job.harden.reattack_steps or job.generator.steps
     run = dataclasses.replace(job.run, run_id=f"{job.run.run_id}.r{round_index}",
                               output_dir=str(job.run.run_dir / "rounds"), classifier_path=str(classifier_path),
-                              generator_path=None, store_path=None, storage_path=None)
+                              generator_path=None, store_path=None,
+                              storage_path=job.run.storage_path)  # shared storage on multi-node clusters
     return dataclasses.replace(job, run=run, generator=dataclasses.replace(job.generator, steps=steps))
 
 
@@ -64,7 +65,8 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     dataset = load_dataset(job.data)
     baseline_path = job.run.classifier_file
     baseline, info = load_classifier(baseline_path, dataset.image_shape, dataset.num_classes)
-    stores = [str(Path(store).absolute()) for store in cfg.stores] or [str(job.run.store_dir)]
+    stores = [store if "://" in store else str(Path(store).absolute()) for store in cfg.stores] \
+        or [str(job.run.store_dir)]
     first_split = split_counterfeits(stores, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
                                      cfg.split_seed)  # bad stores fail here, before anything is written
     baseline_generator = job.run.generator_file(job.generate.method)

@@ -116,7 +116,7 @@ def _check_values(table: pa.Table, where: str) -> None:
         raise CccError(f"counterfeit store {where}: {wrong} images are not height x width x channels bytes long")
 
 
-def _number(value: float | int) -> str:
+def _number(value: float) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -54,22 +53,7 @@ def test_two_workers_train_to_the_quality_of_one(ray_cluster, tmp_path, digits_c
     assert min(two.diversity_ratio_per_class.values()) >= 0.8 * min(one.diversity_ratio_per_class.values())
 
 
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of the session the job started (Ray's daemons and workers included)."""
-    for _ in range(3):
-        table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
-        pids = [int(row.split()[0]) for row in table if row.split() and int(row.split()[1]) == session_id]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            return
-        time.sleep(0.5)
-
-
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, digits_classifier_file):
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, digits_classifier_file, sessions):
     args = [sys.executable, str(REPO / "jobs" / "train_generator.py"), "--run.output_dir", str(tmp_path),
             "--run.run_id", "killed", "--run.classifier_path", str(digits_classifier_file),
             "--generator.steps", "400", "--generator.batch_size", "64", "--run.checkpoint_every", "40"]
@@ -86,7 +70,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, digits_classifier
             time.sleep(0.2)
         assert snapshot.is_file(), "no checkpoint within the deadline"
     finally:
-        kill_session(first.pid)  # driver, its local Ray and the Train workers: no graceful shutdown
+        sessions.kill(first.pid)  # driver, its local Ray and the Train workers: no graceful shutdown
         first.wait()
     assert not (tmp_path / "killed" / "generator-inversion.safetensors").exists()
 

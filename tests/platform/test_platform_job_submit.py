@@ -92,7 +92,7 @@ def test_pipeline_submitted_as_a_ray_job(ray_head, tmp_path):
     submit = [RAY, "job", "submit", "--address", url, "--submission-id", "ccc-platform-test",
               "--working-dir", str(REPO), "--", "python", "jobs/pipeline.py",
               "--run.output_dir", str(tmp_path), "--run.run_id", "submitted", *REDUCED]
-    result = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=480)
+    result = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=480, check=False)
     logs = result.stdout + result.stderr
     assert result.returncode == 0, logs[-5000:]
     assert "Job 'ccc-platform-test' succeeded" in logs

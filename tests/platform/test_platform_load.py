@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_generate_peak_memory_does_not_grow_with_rows():
     small, large = 10_000, 60_000
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "store_load.py"), "--rows", f"{small},{large}",
-                           "--modes", "generate", "--json"], capture_output=True, text=True, timeout=300)
+                           "--modes", "generate", "--json"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = {row["rows"]: row for row in map(json.loads, done.stdout.strip().splitlines())}
     assert runs[small]["file_rows"] == small and runs[large]["file_rows"] == large  # every row streamed out

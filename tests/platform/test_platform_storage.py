@@ -13,7 +13,14 @@ import pytest
 from ccc_ray.cli import main
 from ccc_ray.errors import CccError
 from ccc_ray.storage import ensure_writable_dir, filesystem_for, join_location
-from ccc_ray.store import CounterfeitWriter, counterfeit_batch, read_store, store_class_names, store_file, table_images
+from ccc_ray.store import (
+    CounterfeitWriter,
+    counterfeit_batch,
+    read_store,
+    store_class_names,
+    store_file,
+    table_images,
+)
 
 BUCKET = "ccc-platform"
 NAMES = ["zero", "one", "two"]

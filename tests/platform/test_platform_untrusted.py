@@ -25,7 +25,11 @@ from PIL import Image
 
 from ccc_ray import cli
 from ccc_ray.errors import CccError
-from ccc_ray.orchestration.checkpoints import STATE_FILE, checkpoint_to_report, load_checkpoint_state
+from ccc_ray.orchestration.checkpoints import (
+    STATE_FILE,
+    checkpoint_to_report,
+    load_checkpoint_state,
+)
 from ccc_ray.store import CounterfeitWriter, counterfeit_batch, read_store
 from ccc_ray.store import reader as store_reader
 

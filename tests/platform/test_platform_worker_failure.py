@@ -1,6 +1,7 @@
 """A Ray Train worker SIGKILLed mid-run: with `--run.max_failures` > 0 the run restores its last
-checkpoint, completes, and reaches the quality of an uninterrupted run. The run's own checkpoint, once
-replaced by a malicious pickle, is refused without running it."""
+checkpoint, completes, and reaches the quality of an uninterrupted run. The run's own latest checkpoint,
+once replaced by a malicious pickle, is refused without running it, directly and when Ray Train restores
+it for a restart of the run."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ STEPS, EVERY, BATCH = 160, 40, 64
 
 
 def train_workers(session: int) -> list[int]:
-    rows = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=False).stdout.splitlines()
     return [int(row.split()[0]) for row in rows
             if len(row.split()) > 2 and int(row.split()[1]) == session and row.split()[2] == "ray::RayTrainWorker"]
 
@@ -100,6 +101,13 @@ def test_killed_worker_is_restored_from_its_checkpoint(tmp_path, digits_classifi
 
     with pytest.raises(CccError, match=r"state.pt was refused.*unsupported GLOBAL posix.system.*nothing in it was run"):
         load_checkpoint_state(ray.train.Checkpoint(str(latest)))
+    # Through Ray Train: starting the run again restores that checkpoint on a worker, which refuses it;
+    # the job ends with one line and exit code 2, and the command in the pickle never ran.
+    restart = [*args[:-2], "--run.max_failures", "0"]
+    again = subprocess.run(restart, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
+    assert any(line.startswith(f"ccc-ray train-generator: error: checkpoint '{latest}': state.pt was refused")
+               for line in again.stderr.splitlines()), again.stderr[-3000:]
     assert not marker.exists()
 
 

@@ -8,7 +8,11 @@ from ccc_ray import cli
 from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
 from ccc_ray.tuning.objective import objective_parts
-from ccc_ray.tuning.search_space import apply_overrides, default_space_file, load_search_space
+from ccc_ray.tuning.search_space import (
+    apply_overrides,
+    default_space_file,
+    load_search_space,
+)
 
 
 def test_objective_rewards_confidence_and_penalises_copies_and_collapse():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,21 +13,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def kill_session(session_id: int) -> None:
-    for _ in range(3):
-        table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.splitlines()
-        pids = [int(row.split()[0]) for row in table if row.split() and int(row.split()[1]) == session_id]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            return
-        time.sleep(0.5)
-
-
-def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path, digits_classifier_file):
+def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path, digits_classifier_file, sessions):
     args = [sys.executable, str(REPO / "jobs" / "tune_losses.py"), "--run.output_dir", str(tmp_path),
             "--run.classifier_path", str(digits_classifier_file), "--generator.steps", "40",
             "--generator.batch_size", "64", "--run.checkpoint_every", "20", "--tune.num_samples", "3",
@@ -46,7 +30,7 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path, 
             assert first.poll() is None, "the search ended before it could be interrupted"
             time.sleep(0.5)
     finally:
-        kill_session(first.pid)
+        sessions.kill(first.pid)
         first.wait()
     started_before = {p.name.rsplit("-", 1)[0] for p in starts.glob("*")}
     assert len(started_before) >= 1
