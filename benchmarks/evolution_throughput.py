@@ -1,10 +1,13 @@
 """Throughput of the fooling-image searches on a digits classifier, side by side (a script, not a test).
 
+0. The torch classifier's forward per image with its weights in the default layout and in channels-last
+   (what `ccc-ray attack` uses), side by side.
 1. Classifier evaluations per second of MAP-Elites as implemented (the offspring population mutated,
    rendered and scored as one batch) against a naive loop that mutates, renders and scores one image at
    a time, for the same classifier and the same number of evaluations; direct encoding and CPPN, for
    every population in --populations and thread count in --thread-counts, with the torch classifier and
-   (with --ratio-backends torch,onnx) its ONNX export in onnxruntime.
+   (with --ratio-backends torch,onnx) its ONNX export in onnxruntime. The ratio's baseline is the naive
+   loop at the best of --naive-thread-counts.
 2. Confident counterfeits (confidence >= threshold on the stored uint8 image) per second of wall time:
    the trained inversion generator of the foundation issue (with --run-dir), direct-encoding and CPPN
    MAP-Elites run until all classes are fooled, and gradient ascent on a batch of targets. The searches
@@ -21,6 +24,7 @@ Figures are medians over --repeats runs. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ccc_ray.attack import AttackRun, run_search
+from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import accuracy, train_epoch
 from ccc_ray.data.sources import DataConfig, load_dataset
@@ -53,6 +58,8 @@ def parse_args() -> argparse.Namespace:
                         "comma-separated: section 1 runs each")
     parser.add_argument("--thread-counts", default="1", help="torch / onnxruntime threads of section 1, "
                         "comma-separated")
+    parser.add_argument("--naive-thread-counts", default="1", help="thread counts the naive loop of section 1 "
+                        "runs at; its best is the ratios' baseline")
     parser.add_argument("--ratio-backends", default="torch", help="classifiers of section 1: torch, onnx or both")
     parser.add_argument("--evaluations", type=int, default=20000,
                         help="classifier evaluations timed per cell of section 1 (rounded to whole generations)")
@@ -145,18 +152,49 @@ def encoding_for(name: str, shape):
     return DirectEncoding(DirectEncodingConfig(), shape) if name == "direct_encoding" else Cppn(CppnConfig(), shape)
 
 
+def section_layout(args, model, shape) -> None:
+    """The torch forward per image with the weights in the default (NCHW) layout and in channels-last, as
+    `prepare_for_attack` sets them, side by side at each thread count."""
+    nhwc = prepare_for_attack(copy.deepcopy(model))
+    print("\n0. torch classifier forward, microseconds per image: default NCHW weights vs channels-last")
+    batches = (1, 200, 1000)
+    print(f"{'threads':<8}" + "".join(f"{f'NCHW {n}':>11}{f'NHWC {n}':>11}{'speed-up':>9}" for n in batches))
+    for threads in (int(t) for t in args.thread_counts.split(",")):
+        torch.set_num_threads(threads)
+        line = f"{threads:<8}"
+        for batch in batches:
+            images = torch.rand(batch, *shape)
+            calls = max(3, 10000 // batch)
+            costs = {}
+            for name, candidate in (("nchw", model), ("nhwc", nhwc)):
+                with torch.no_grad():
+                    candidate(images)  # warm-up
+                    costs[name] = median([timed(lambda: [candidate(images) for _ in range(calls)])
+                                          for _ in range(args.repeats)]) / (calls * batch) * 1e6
+            line += f"{costs['nchw']:>11.1f}{costs['nhwc']:>11.1f}{costs['nchw'] / costs['nhwc']:>9.2f}"
+        print(line, flush=True)
+    torch.set_num_threads(args.threads)
+
+
 def section_ratio(args, model, onnx_path: Path, data) -> None:
-    """Batched at each thread count against the naive loop at one thread, its best setting: torch's intra-op
-    threads only add synchronisation to one-image operations (on the 2-core development machine, 2 threads
-    made the naive loop about 5x slower)."""
+    """Batched at each thread count against the naive loop at its best thread count (from --naive-thread-counts),
+    same evaluations, same run: intra-op threads mostly add synchronisation to one-image operations, so
+    the naive loop is usually fastest at one thread, but that is measured rather than assumed."""
     from ccc_ray.export.onnx_runtime import OnnxClassifier
 
     shape, classes = data.image_shape, data.num_classes
     thread_counts = [int(t) for t in args.thread_counts.split(",")]
+    naive_thread_counts = [int(t) for t in args.naive_thread_counts.split(",")]
     print("\n1. classifier evaluations per second: batched MAP-Elites vs a naive one-image-at-a-time loop "
-          f"(about {args.evaluations} evaluations each; the naive loop at 1 thread)")
-    print(f"{'backend':<8}{'population':>11}{'encoding':>17}{'naive/s':>9}"
+          f"(about {args.evaluations} evaluations each; ratio = batched / the naive loop's best)")
+    print(f"{'backend':<8}{'population':>11}{'encoding':>17}"
+          + "".join(f"{f'naive/s {t}t':>13}" for t in naive_thread_counts)
           + "".join(f"{f'batched/s {t}t':>15}{'ratio':>7}{'in clf':>8}" for t in thread_counts))
+
+    def classifier_at(backend: str, threads: int):
+        torch.set_num_threads(threads)
+        return model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=threads)
+
     for backend in args.ratio_backends.split(","):
         for population in map(int, args.populations.split(",")):
             generations = max(1, round(args.evaluations / population) - 1)
@@ -166,14 +204,16 @@ def section_ratio(args, model, onnx_path: Path, data) -> None:
             for name in EVOLUTION:
                 encoding = encoding_for(name, shape)
                 search = MapElites(timing, encoding)
-                torch.set_num_threads(1)
-                classifier = model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=1)
-                naive = median([evaluations / timed(naive_map_elites, encoding, classifier, classes, evaluations,
-                                                    population, repeat) for repeat in range(args.repeats)])
-                line = f"{backend:<8}{population:>11}{name:>17}{naive:>9.0f}"
+                naive_rates = []
+                for threads in naive_thread_counts:
+                    classifier = classifier_at(backend, threads)
+                    naive_rates.append(median([
+                        evaluations / timed(naive_map_elites, encoding, classifier, classes, evaluations, population,
+                                            repeat) for repeat in range(args.repeats)]))
+                naive = max(naive_rates)
+                line = f"{backend:<8}{population:>11}{name:>17}" + "".join(f"{rate:>13.0f}" for rate in naive_rates)
                 for threads in thread_counts:
-                    torch.set_num_threads(threads)
-                    classifier = model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=threads)
+                    classifier = classifier_at(backend, threads)
                     search.run(classifier, classes, seed=0)  # warm-up
                     batched, share = [], []
                     for repeat in range(args.repeats):
@@ -221,6 +261,8 @@ def main() -> None:
           f"test accuracy {test_accuracy:.4f}; median of {args.repeats} repeats")
     folder = tempfile.TemporaryDirectory(prefix="ccc-bench-")
     onnx_path = export_for_onnx(model, data, folder.name)
+    section_layout(args, model, shape)
+    model = prepare_for_attack(model)  # what `ccc-ray attack` does to a torch classifier
 
     section_ratio(args, model, onnx_path, data)
 

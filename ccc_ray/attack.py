@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
 from ccc_ray.job_config import AttackSettings
@@ -64,10 +65,9 @@ def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: Ima
         from ccc_ray.classifiers.weights import load_classifier
 
         model, info = load_classifier(classifier_path, dataset.image_shape, dataset.num_classes)
-        model.requires_grad_(False)
         target = AttackTarget(TORCH, str(classifier_path), Path(classifier_path).read_bytes(), info.sha256,
                               info.num_outputs, info.reject_class)
-        return target, model
+        return target, prepare_for_attack(model)
     from ccc_ray.export.onnx_runtime import OnnxClassifier
 
     if method not in EVOLUTION_ENCODINGS:
@@ -98,7 +98,7 @@ def classifier_from_target(target: AttackTarget, device: torch.device | str = "c
         from ccc_ray.classifiers.weights import classifier_from_bytes
 
         model, _ = classifier_from_bytes(target.raw, target.path)
-        return model.requires_grad_(False).to(device)
+        return prepare_for_attack(model, device)
     from ccc_ray.export.onnx_runtime import OnnxClassifier
 
     with tempfile.TemporaryDirectory(prefix="ccc-attack-") as folder:  # onnxruntime reads it here, once

@@ -49,6 +49,19 @@ def test_the_stored_image_is_what_gets_scored_and_gradients_pass_through(digits_
     assert images.grad is not None and images.grad.abs().sum() > 0
 
 
+def test_the_attacked_torch_model_runs_channels_last_frozen_and_scores_as_before(digits, digits_classifier_file):
+    reference, _ = load_classifier(digits_classifier_file)
+    _, model = load_target(digits_classifier_file, None, digits, "direct_encoding")
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+    assert not all(m.weight.is_contiguous() for m in convolutions)  # (one input channel fits both layouts)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    images = torch.rand(64, *digits.image_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(model(images), 1), torch.softmax(reference.eval()(images), 1),
+                                   atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["direct_encoding", "cppn"])
 def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, onnx_file, method):
     """The black-box path: the same run against the ONNX export finds the same champions."""
