@@ -193,7 +193,7 @@ def section_ratio(args, model, onnx_path: Path, data) -> None:
 
     def classifier_at(backend: str, threads: int):
         torch.set_num_threads(threads)
-        return model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=threads)
+        return model if backend == "torch" else OnnxClassifier(onnx_path, num_threads=threads, spin_wait=False)
 
     for backend in args.ratio_backends.split(","):
         for population in map(int, args.populations.split(",")):
@@ -312,7 +312,7 @@ def main() -> None:
 
     from ccc_ray.export.onnx_runtime import OnnxClassifier
 
-    onnx = OnnxClassifier(onnx_path, num_threads=args.threads)
+    onnx = OnnxClassifier(onnx_path, num_threads=args.threads, spin_wait=False)
     print("\n4. the same runs against the ONNX export (onnxruntime, black box): champions' confidences")
     print(f"{'method':<17}{'max |torch - onnx|':>19}{'same images':>13}{'same generations':>18}{'onnx seconds':>14}")
     for name, (settings, runs) in results.items():

@@ -75,7 +75,7 @@ def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: Ima
                        f"attack it with {' or '.join(EVOLUTION_ENCODINGS)}")
     if not Path(onnx_path).is_file():
         raise CccError(f"attack.onnx_path: ONNX model {onnx_path!r} does not exist")
-    model = OnnxClassifier(onnx_path)
+    model = OnnxClassifier(onnx_path, spin_wait=False)
     if tuple(model.image_shape) != tuple(dataset.image_shape):
         raise CccError(f"attack.onnx_path: {onnx_path!r} takes images "
                        f"{'x'.join(map(str, model.image_shape))}, but the data ({dataset.name}) has {shape}; "
@@ -104,7 +104,7 @@ def classifier_from_target(target: AttackTarget, device: torch.device | str = "c
     with tempfile.TemporaryDirectory(prefix="ccc-attack-") as folder:  # onnxruntime reads it here, once
         file = Path(folder) / Path(target.path).name
         file.write_bytes(target.raw)
-        return OnnxClassifier(file, num_threads=threads)
+        return OnnxClassifier(file, num_threads=threads, spin_wait=False)  # torch work runs between its calls
 
 
 class StoredImageClassifier:

@@ -70,6 +70,8 @@ def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, on
     torch_target, torch_fn = load_target(digits_classifier_file, None, digits, method)
     onnx_target, onnx_fn = load_target(digits_classifier_file, str(onnx_file), digits, method)
     assert onnx_target.kind == "onnx" and onnx_target.sha256 == torch_target.sha256  # fingerprint from metadata
+    # torch mutates between the session's calls: its idle threads must not busy-wait on those cores
+    assert onnx_fn.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     by_torch = run_search(settings, torch_fn, 10, digits.image_shape, run)
     by_onnx = run_search(settings, onnx_fn, 10, digits.image_shape, run)
     assert abs(by_onnx.confidences - by_torch.confidences).max() <= 1e-4
