@@ -1,9 +1,10 @@
 """Ready a torch classifier for the attack searches, which only ever run it forward on large batches.
 
 Convolution weights go to channels-last (NHWC) memory: oneDNN's NHWC kernels then skip the layout
-reorders its NCHW path does on every call, which on the 8x8 digits CNN made the batched forward about
-1.7x faster on CPU (docs/BENCHMARKS.md, issue 4) at the same results (float rounding only: 2e-8 in the
-softmax). Inputs stay ordinary NCHW tensors; convolutions follow the weights' layout.
+reorders its NCHW path does on every call, which on the 8x8 digits CNN made the batched forward
+1.4-1.8x faster on CPU (docs/BENCHMARKS.md, issue 4) at the same results (float rounding only: 2e-8 in
+the softmax). Inputs stay ordinary NCHW tensors; convolutions follow the weights' layout. Only 4-D
+tensors (convolution weights) change layout, so a model without convolutions is left as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +15,4 @@ from torch import nn
 
 def prepare_for_attack(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """`model` on `device` in eval mode, frozen (no parameter gradients), convolutions in channels-last."""
-    model = model.eval().requires_grad_(False).to(device)
-    if any(isinstance(module, nn.Conv2d) for module in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
