@@ -37,7 +37,7 @@ from ccc_ray.methods.base import ClassifierFn
 from ccc_ray.methods.gradient_ascent import GradientAscent
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig
 from ccc_ray.quality import dequantize, nearest_distances, quantize
-from ccc_ray.storage import atomic_write_bytes
+from ccc_ray.store.files import atomic_write_bytes
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
 
 TORCH, ONNX = "torch", "onnx"

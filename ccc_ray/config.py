@@ -23,11 +23,44 @@ from ccc_ray.errors import CccError
 ConfigT = TypeVar("ConfigT")
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and the help text the CLI prints."""
+def option(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a default, the help text the CLI prints, and its bounds (checked by
+    `validate_config`, so no section writes its own range checks)."""
+    metadata = {"help": help, "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+                                          if v is not None}}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _bounds_text(bounds: dict[str, float]) -> str:
+    """The rule a value broke, in the words the messages have always used."""
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"must lie in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low:
+        if low == ("(", 0):
+            return "must be positive"
+        return f"must be at least {low[1]:g}" if low[0] == "[" and low[1] != 0 else (
+            "must be >= 0" if low[0] == "[" else f"must be > {low[1]:g}")
+    return f"must be at most {high[1]:g}" if high[0] == "]" else f"must be below {high[1]:g}"
+
+
+def check_bounds(config: Any, where: str = "") -> None:
+    """Raise a CccError for the first field of `config` (one section) outside its declared bounds."""
+    for f in dataclasses.fields(config):
+        bounds = f.metadata.get("bounds") if f.metadata else None
+        value = getattr(config, f.name)
+        if not bounds or value is None or isinstance(value, bool):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            ok = all((("ge" not in bounds) or item >= bounds["ge"], ("gt" not in bounds) or item > bounds["gt"],
+                      ("le" not in bounds) or item <= bounds["le"], ("lt" not in bounds) or item < bounds["lt"]))
+            if not ok:
+                raise CccError(f"{where}{f.name}: {_bounds_text(bounds)}, got {item}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -123,12 +156,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def validate_config(config: Any) -> None:
-    """Call `validate()` on every section that has one (depth first)."""
+def validate_config(config: Any, where: str = "") -> None:
+    """Check every section's declared bounds, then call its `validate()` for rules across fields (depth first)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            validate_config(value)
+            validate_config(value, f"{where}{f.name}.")
+        elif isinstance(value, dict):
+            for name, section in value.items():
+                if dataclasses.is_dataclass(section):
+                    validate_config(section, f"{name}.")
+    check_bounds(config, where)
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()

@@ -25,7 +25,7 @@ from ccc_ray.quality import (
     per_class_diversity_ratio,
     quantize,
 )
-from ccc_ray.storage import atomic_write_bytes
+from ccc_ray.store.files import atomic_write_bytes
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
 
 DIVERSITY_SAMPLE_PER_CLASS = 200

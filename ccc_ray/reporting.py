@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ccc_ray.storage import atomic_write_bytes
+from ccc_ray.store.files import atomic_write_bytes
 
 
 def _figure_bytes(figure) -> bytes:

@@ -16,7 +16,7 @@ from ccc_ray.errors import CccError
 from ccc_ray.generate import GenerateReport, generate_counterfeits, write_report
 from ccc_ray.job_config import JobConfig
 from ccc_ray.methods.generator_file import load_generator
-from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.store.files import ensure_writable_dir
 
 
 def default_device() -> torch.device:

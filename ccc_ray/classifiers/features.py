@@ -21,7 +21,7 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 
 def features_and_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N x F features, N x K logits) for images N x C x H x W."""
-    inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    inner = model  # a plain module: core code never sees a DDP wrapper
     if hasattr(inner, "forward_features") and hasattr(inner, "head"):
         features = inner.forward_features(images)
         return features, inner.head(features)

@@ -22,7 +22,7 @@ from ccc_ray.classifiers.build import (
 )
 from ccc_ray.config import config_from_dict
 from ccc_ray.errors import CccError
-from ccc_ray.storage import atomic_write_bytes
+from ccc_ray.store.files import atomic_write_bytes
 
 METADATA_KEY = "ccc_ray.classifier"
 
@@ -50,8 +50,7 @@ class ClassifierInfo:
 def fingerprint(model: nn.Module) -> str:
     """sha256 over the state dict (names, dtypes, shapes, bytes): equal weights give equal fingerprints."""
     digest = hashlib.sha256()
-    inner = getattr(model, "module", model)
-    for name, tensor in sorted(inner.state_dict().items()):
+    for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly.
@@ -65,9 +64,8 @@ def save_classifier(path: str | Path, model: nn.Module, config: ClassifierConfig
     """Write weights and rebuild metadata atomically; returns the info (with fingerprint) written."""
     from safetensors.torch import save
 
-    inner = getattr(model, "module", model)
-    state = {name: t.detach().cpu().contiguous() for name, t in inner.state_dict().items()}
-    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(inner), reject_class)
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(model), reject_class)
     meta = {"config": asdict(config), "image_shape": list(image_shape), "class_names": list(class_names),
             "data_name": data_name, "sha256": info.sha256, "reject_class": reject_class}
     atomic_write_bytes(path, save(state, metadata={METADATA_KEY: json.dumps(meta)}))

@@ -26,7 +26,7 @@ from ccc_ray.classifiers.weights import fingerprint
 from ccc_ray.errors import CccError
 from ccc_ray.export.metadata import OnnxMetadata
 from ccc_ray.export.onnx_runtime import OnnxClassifier
-from ccc_ray.storage import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 
 OPSET = 17  # run by every onnxruntime since 1.11 and by TensorRT 8.6+
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -41,7 +41,7 @@ def export_onnx(model: nn.Module, path: str | Path, class_names: list[str] | tup
     `threshold` is the accept-if-score->=-threshold cut for `ood_score` (None if not calibrated yet).
     The classifier's sha256 is its weights' fingerprint, the one the counterfeit store records.
     """
-    inner = getattr(model, "module", model)
+    inner = model
     metadata = OnnxMetadata(tuple(class_names), tuple(int(size) for size in image_shape), fingerprint(inner),
                             ood_score, None if threshold is None else float(threshold), reject_class)
     metadata.validate()
@@ -93,7 +93,7 @@ def check_parity(model: nn.Module, onnx_model: OnnxClassifier | str | Path, imag
     runtime = onnx_model if isinstance(onnx_model, OnnxClassifier) else OnnxClassifier(onnx_model)
     # The reference is the model in float32 on the CPU: a CUDA model would compare GPU numerics (TF32
     # convolutions differ by ~1e-4), not whether the exported graph computes what the model computes.
-    reference = copy.deepcopy(getattr(model, "module", model)).cpu().float().eval()
+    reference = copy.deepcopy(model).cpu().float().eval()
     with torch.no_grad():
         expected = reference(images.cpu().float()).softmax(dim=1)
     actual = runtime(images).float().softmax(dim=1).cpu()

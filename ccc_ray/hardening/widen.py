@@ -32,8 +32,7 @@ def widen_classifier(model: nn.Module, image_shape: tuple[int, int, int] | None 
 
     With `image_shape` (C, H, W), one forward pass of zeros checks that this layer really is the output.
     """
-    inner = getattr(model, "module", model)  # a DDP-wrapped model widens its module
-    widened = copy.deepcopy(inner)
+    widened = copy.deepcopy(model)
     parent, attribute, old = _last_linear(widened)
     # skip_init: every value is set below, and a default init would draw from (and shift) the global RNG.
     new = nn.utils.skip_init(nn.Linear, old.in_features, old.out_features + 1, bias=old.bias is not None,

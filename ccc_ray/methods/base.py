@@ -1,38 +1,229 @@
-"""The small surface every counterfeit method shares, so the CLI, jobs, store and benchmarks treat them alike.
+"""The one interface every counterfeit method implements, so the CLI, jobs, store, Tune and benchmarks
+treat all methods alike and adding a method is one file plus one registry line (`ccc_ray/methods/__init__.py`).
 
-Contract for all methods: images are float32 N x C x H x W in [0, 1]; targets are int64 class indices.
-The classifier is a callable from images to N x K logits: a torch module for white-box methods, or an
-onnxruntime session wrapper for black-box ones.
+Every method is built the same way, `Method(config, context)`:
+- `config` is an instance of the method's own config dataclass (`config_class`): its section of the job
+  config, `--<name>.field` on the command line, paper defaults as field defaults;
+- `context` (`MethodContext`) says what the method works on: image shape, number of classes, the
+  classifier under attack (a callable from images to logits: a torch module for white-box methods, an
+  onnxruntime session wrapper for black-box ones; never a DDP wrapper), the device and the confidence bar.
+
+Kinds:
+- "search" (`SearchMethod`): nothing to fit; `search()` optimises images against the classifier and
+  `sample()` returns them (MAP-Elites with either encoding, gradient ascent);
+- "generator" (`TrainedMethod`): owns modules (a generator, maybe a discriminator) fitted one
+  `training_step` at a time against the frozen classifier; orchestration wraps each module for data
+  parallelism, moves it to the device and checkpoints all of them;
+- "joint" (`TrainedMethod` with `trains_classifier`): trains a classifier together with its generator;
+  that classifier is an output of the run (`trained_classifier()`), exported and evaluated like a
+  hardened one.
+
+Contract for all methods: images are float32 N x C x H x W in [0, 1]; targets are int64 class indices in
+[0, K); `sample(targets, seed, sources)` gives one image per target and the same seed gives the same images.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import torch
+from torch import nn
+
+from ccc_ray.config import option
+from ccc_ray.errors import CccError
 
 ClassifierFn = Callable[[torch.Tensor], torch.Tensor]
 
+KINDS = ("generator", "search", "joint")
 
-@runtime_checkable
-class CounterfeitMethod(Protocol):
-    """What every method in `ccc_ray/methods/` offers."""
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is built against: the same for every method."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W) of the data and of every image the method makes
+    num_classes: int  # K: the data's classes (a hardened classifier may have one more output: reject)
+    classifier: ClassifierFn | None = None  # the classifier under attack; None where only sampling is needed
+    device: torch.device | str = "cpu"
+    confidence_bar: float = 0.99  # searches stop once a target's confidence on the stored image reaches it
+
+
+@dataclass
+class Sampled:
+    """What one call of `sample_with_lineage` made: images, and what the store keeps beside them."""
+
+    images: torch.Tensor  # N x C x H x W float32 in [0, 1]
+    source_ids: list[str] | None = None  # per image: the real or substrate image it was made from
+    masks: torch.Tensor | None = None  # N x H x W float32 in [0, 1]: the edited region, for methods that have one
+
+
+@dataclass
+class SearchResult:
+    """What a search found, one image per target, with what it cost (for reports and benchmarks)."""
+
+    images: torch.Tensor  # N x C x H x W float32 in [0, 1]
+    confidences: torch.Tensor  # N float32: each image's target confidence as the search scored it
+    steps_to_bar: torch.Tensor  # N int64: generations (evolution) or steps (gradient ascent) to the bar, -1 never
+    evaluations_to_bar: torch.Tensor  # N int64: classifier evaluations until then, -1 never
+    total_evaluations: int  # images the classifier scored in the whole search
+
+
+@dataclass
+class TrainingSchedule:
+    """The fields every trained method's config has (orchestration reads them); subclass and add your own."""
+
+    steps: int = option(1000, "optimiser steps", ge=1)
+    batch_size: int = option(256, "global batch size per step (split across Ray workers)", ge=1)
+    seed: int = option(0, "seed of initialisation and of every random draw in training")
+
+
+class CounterfeitMethod:
+    """What every method offers. Subclasses set the class attributes and implement `sample`."""
+
+    name: ClassVar[str]  # the registry key, the config section and the store's `method` column
+    paper: ClassVar[str]  # the paper it implements, for `ccc-ray methods` and the docs
+    kind: ClassVar[str]  # one of KINDS
+    config_class: ClassVar[type]  # its config dataclass: the job config's section `name`
+    black_box: ClassVar[bool] = False  # True: needs only logits, so an ONNX model can be attacked
+    uses_sources: ClassVar[bool] = False  # True: every sample starts from a real or substrate image
+    trains_classifier: ClassVar[bool] = False  # True: the run's outputs include a trained classifier
+
+    def __init__(self, config, context: MethodContext):
+        if not isinstance(config, self.config_class):
+            raise CccError(f"{self.name}: expected a {self.config_class.__name__} config, got {type(config).__name__}")
+        self.config = config
+        self.context = context
+        self.image_shape = tuple(int(size) for size in context.image_shape)
+        self.num_classes = int(context.num_classes)
+        self.device = torch.device(context.device)
+
+    def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
+        """Images N x C x H x W in [0, 1], one per entry of `targets`; same seed and sources, same images."""
+        raise NotImplementedError
+
+    def source_images(self, count: int, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]] | None:
+        """For `uses_sources` methods: the images to start from (N x C x H x W) and their ids; else None."""
+        return None
+
+    def sample_with_lineage(self, targets: torch.Tensor, seed: int) -> Sampled:
+        """What `generate` stores: the images, and their source ids and masks where the method has them."""
+        picked = self.source_images(len(targets), targets, seed)
+        if picked is None:
+            return Sampled(self.sample(targets, seed))
+        sources, source_ids = picked
+        return Sampled(self.sample(targets, seed, sources), source_ids)
+
+    def check_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """`targets` as 1-D int64 classes in [0, K), or a CccError saying what is wrong."""
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point():
+            raise CccError(f"targets must be a 1-D tensor of class indices, got "
+                           f"{type(targets).__name__} {tuple(getattr(targets, 'shape', ()))}")
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.num_classes):
+            bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
+            raise CccError(f"target class {bad} is out of range: classes are 0 to {self.num_classes - 1}")
+        return targets.long()
+
+
+class SearchMethod(CounterfeitMethod):
+    """A black- or white-box search against the fixed classifier: nothing to fit."""
+
+    kind = "search"
+
+    def __init__(self, config, context: MethodContext):
+        super().__init__(config, context)
+        if context.classifier is None:
+            raise CccError(f"{self.name}: a search method needs the classifier to search against")
+        self.classifier_fn = context.classifier
+
+    def search(self, targets: torch.Tensor, seed: int) -> SearchResult:
+        """Optimise one image per target against the classifier until it reaches the confidence bar."""
+        raise NotImplementedError
+
+    def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
+        return self.search(targets, seed).images
+
+
+class TrainedMethod(CounterfeitMethod):
+    """A method with modules to fit, one optimiser step at a time, so orchestration drives the loop.
+
+    Orchestration calls, in order: `modules()` to move and wrap them (`use_wrapped`), `training_data()`
+    once for the data it should stream, then `training_step(batch, rng, batch_size)` per step, and
+    `state_dict()` at checkpoints. Inside `training_step` a method reaches its modules through
+    `self.trainable(name)`, which is the wrapped module during distributed training and the plain one
+    otherwise; `sample` uses the plain modules (no collective calls), so rank 0 can sample alone.
+    """
+
+    kind = "generator"
+    config_class: ClassVar[type] = TrainingSchedule
+
+    def __init__(self, config, context: MethodContext):
+        super().__init__(config, context)
+        self.step = 0
+        self._wrapped: dict[str, nn.Module] = {}
+
+    # -- what the method owns ------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules it trains, by name (e.g. generator, discriminator, classifier): plain, never wrapped."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Its optimisers by name, checkpointed with the modules."""
+        raise NotImplementedError
+
+    def use_wrapped(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Let orchestration wrap each module (DDP); the plain modules stay in `modules()` and share weights."""
+        self._wrapped = {name: wrap(module) for name, module in self.modules().items()}
+
+    def trainable(self, name: str) -> nn.Module:
+        """The module to call in `training_step`: the wrapped one when orchestration wrapped it."""
+        return self._wrapped.get(name) or self.modules()[name]
+
+    # -- training ------------------------------------------------------------------------------------
+    def training_data(self, dataset) -> torch.utils.data.Dataset | None:
+        """A data set of (image, label) pairs to stream batches from (real or substrate images), or None."""
+        return None
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None, rng: torch.Generator,
+                      batch_size: int) -> dict[str, float]:
+        """One optimiser step; `batch` comes from `training_data()` (on the device), else None.
+
+        `batch_size` is this worker's share of the global batch; `rng` is seeded per (seed, rank, step).
+        Returns the loss parts as floats, with `total` and `confidence` (mean target confidence).
+        """
+        raise NotImplementedError
+
+    def trained_classifier(self) -> nn.Module | None:
+        """For `trains_classifier` methods: the jointly trained classifier (K + 1 outputs: the last rejects)."""
+        return None
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"modules": {name: module.state_dict() for name, module in self.modules().items()},
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore modules (and optimisers and step, when the state has them: generator files do not)."""
+        modules = self.modules()
+        missing = sorted(set(modules) - set(state.get("modules", {})))
+        if missing:
+            raise CccError(f"{self.name}: saved state lacks module(s) {', '.join(missing)}")
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in self.optimizers().items():
+            if name in state.get("optimizers", {}):
+                optimizer.load_state_dict(state["optimizers"][name])
+        self.step = int(state.get("step", 0))
+
+
+@dataclass
+class MethodInfo:
+    """One line of `ccc-ray methods`."""
 
     name: str
-
-    def sample(self, targets: torch.Tensor, seed: int) -> torch.Tensor:
-        """Images N x C x H x W in [0, 1], one per entry of `targets` (int64, N); same seed, same images."""
-        ...
-
-
-@runtime_checkable
-class TrainableMethod(CounterfeitMethod, Protocol):
-    """A method with something to fit (a generator): one optimiser step at a time, so Ray drives the loop."""
-
-    def training_step(self, classifier: torch.nn.Module, generator: torch.Generator) -> dict[str, float]:
-        """One optimiser step against the frozen classifier; returns the loss parts as floats."""
-        ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
+    kind: str
+    paper: str
+    black_box: bool
+    config_section: str
+    settings: list[str] = field(default_factory=list)

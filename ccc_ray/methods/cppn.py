@@ -26,9 +26,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ccc_ray.config import option
+from ccc_ray.config import option, validate_config
 from ccc_ray.errors import CccError
 from ccc_ray.methods.direct_encoding import polynomial_mutation
+from ccc_ray.methods.map_elites import EvolutionMethod, EvolutionSchedule
 
 SINE, SIGMOID, GAUSSIAN, LINEAR = range(4)
 ACTIVATIONS = ("sine", "sigmoid", "gaussian", "linear")
@@ -37,31 +38,23 @@ LINEAR_LIMIT = 50.0  # linear nodes are clipped so deep linear chains cannot ove
 
 
 @dataclass
-class CppnConfig:
-    max_hidden: int = option(32, "hidden node slots per genome (add-node does nothing once they are full)")
-    add_node_rate: float = option(0.5, "probability per offspring of splitting a connection with a new node")
-    delete_node_rate: float = option(0.2, "probability per offspring of deleting a hidden node")
-    add_connection_rate: float = option(0.5, "probability per offspring of adding a connection")
-    delete_connection_rate: float = option(0.3, "probability per offspring of deleting a connection")
-    change_activation_rate: float = option(0.5, "probability per offspring of changing a hidden activation")
-    weight_mutation_rate: float = option(0.1, "probability per connection of a polynomial weight mutation")
-    distribution_index: float = option(15.0, "polynomial mutation strength eta for weights")
-    weight_range: float = option(10.0, "weights lie in [-weight_range, weight_range]")
-    initial_weight_range: float = option(1.0, "new connections draw weights uniformly from +-this")
+class CppnConfig(EvolutionSchedule):
+    max_hidden: int = option(32, "hidden node slots per genome (add-node does nothing once they are full)", ge=0)
+    add_node_rate: float = option(0.5, "probability per offspring of splitting a connection with a new node",
+                                  ge=0, le=1)
+    delete_node_rate: float = option(0.2, "probability per offspring of deleting a hidden node", ge=0, le=1)
+    add_connection_rate: float = option(0.5, "probability per offspring of adding a connection", ge=0, le=1)
+    delete_connection_rate: float = option(0.3, "probability per offspring of deleting a connection", ge=0, le=1)
+    change_activation_rate: float = option(0.5, "probability per offspring of changing a hidden activation",
+                                           ge=0, le=1)
+    weight_mutation_rate: float = option(0.1, "probability per connection of a polynomial weight mutation",
+                                         ge=0, le=1)
+    distribution_index: float = option(15.0, "polynomial mutation strength eta for weights", ge=0)
+    weight_range: float = option(10.0, "weights lie in [-weight_range, weight_range]", gt=0)
+    initial_weight_range: float = option(1.0, "new connections draw weights uniformly from +-this", gt=0)
 
     def validate(self) -> None:
-        if self.max_hidden < 0:
-            raise CccError(f"cppn.max_hidden: must be >= 0, got {self.max_hidden}")
-        for name in ("add_node_rate", "delete_node_rate", "add_connection_rate", "delete_connection_rate",
-                     "change_activation_rate", "weight_mutation_rate"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise CccError(f"cppn.{name}: a probability must lie in [0, 1], got {value}")
-        if self.distribution_index < 0:
-            raise CccError(f"cppn.distribution_index: must be >= 0, got {self.distribution_index}")
-        if self.weight_range <= 0:
-            raise CccError(f"cppn.weight_range: must be positive, got {self.weight_range}")
-        if not 0 < self.initial_weight_range <= self.weight_range:
+        if not self.initial_weight_range <= self.weight_range:
             raise CccError(f"cppn.initial_weight_range: must lie in (0, weight_range={self.weight_range}], "
                            f"got {self.initial_weight_range}")
 
@@ -120,7 +113,7 @@ class Cppn:
     name = "cppn"
 
     def __init__(self, config: CppnConfig, image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
-        config.validate()
+        validate_config(config, "cppn.")
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise CccError(f"cppn: image shape must be (C, H, W) with positive sizes, got {image_shape}")
         self.config = config
@@ -265,3 +258,11 @@ def activate(pre: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
     out = torch.where(kind == SINE, torch.sin(pre), pre.clamp(-LINEAR_LIMIT, LINEAR_LIMIT))
     out = torch.where(kind == SIGMOID, torch.sigmoid(pre), out)
     return torch.where(kind == GAUSSIAN, torch.exp(-pre.pow(2)), out)
+
+
+class CppnEvolution(EvolutionMethod):
+    """The method: MAP-Elites over CPPN-encoded images (`--attack.method cppn`)."""
+
+    name = "cppn"
+    config_class = CppnConfig
+    encoding_class = Cppn

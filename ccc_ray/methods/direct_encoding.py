@@ -16,24 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ccc_ray.config import option
+from ccc_ray.config import check_bounds, option
 from ccc_ray.errors import CccError
+from ccc_ray.methods.map_elites import EvolutionMethod, EvolutionSchedule
 
 
 @dataclass
-class DirectEncodingConfig:
-    mutation_rate: float = option(0.1, "probability that a pixel is mutated, at generation 0")
-    rate_halving_period: int = option(1000, "generations after which the mutation rate halves")
-    distribution_index: float = option(15.0, "polynomial mutation strength eta (larger: smaller steps)")
-
-    def validate(self) -> None:
-        if not 0 <= self.mutation_rate <= 1:
-            raise CccError(f"direct_encoding.mutation_rate: must lie in [0, 1], got {self.mutation_rate}")
-        if self.rate_halving_period < 1:
-            raise CccError(f"direct_encoding.rate_halving_period: must be at least 1 generation, "
-                           f"got {self.rate_halving_period}")
-        if self.distribution_index < 0:
-            raise CccError(f"direct_encoding.distribution_index: must be >= 0, got {self.distribution_index}")
+class DirectEncodingConfig(EvolutionSchedule):
+    mutation_rate: float = option(0.1, "probability that a pixel is mutated, at generation 0", ge=0, le=1)
+    rate_halving_period: int = option(1000, "generations after which the mutation rate halves", ge=1)
+    distribution_index: float = option(15.0, "polynomial mutation strength eta (larger: smaller steps)", ge=0)
 
 
 def polynomial_mutation(values: torch.Tensor, low: float, high: float, eta: float, mask: torch.Tensor,
@@ -64,7 +56,7 @@ class DirectEncoding:
 
     def __init__(self, config: DirectEncodingConfig, image_shape: tuple[int, int, int],
                  device: torch.device | str = "cpu"):
-        config.validate()
+        check_bounds(config, "direct_encoding.")
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise CccError(f"direct_encoding: image shape must be (C, H, W) with positive sizes, got {image_shape}")
         self.config = config
@@ -87,3 +79,11 @@ class DirectEncoding:
     def render(self, genomes: torch.Tensor) -> torch.Tensor:
         """Images P x C x H x W in [0, 1]: the genomes themselves."""
         return genomes
+
+
+class DirectEncodingEvolution(EvolutionMethod):
+    """The method: MAP-Elites over direct-encoded images (`--attack.method direct_encoding`)."""
+
+    name = "direct_encoding"
+    config_class = DirectEncodingConfig
+    encoding_class = DirectEncoding

@@ -23,78 +23,44 @@ from typing import Literal
 
 import torch
 
-from ccc_ray.config import option
+from ccc_ray.config import check_bounds, option
 from ccc_ray.errors import CccError
-from ccc_ray.methods.base import ClassifierFn
-from ccc_ray.methods.map_elites import check_classifier_fn, check_targets, classifier_eval_mode
+from ccc_ray.methods.base import MethodContext, SearchMethod, SearchResult
+from ccc_ray.methods.map_elites import check_classifier_fn, classifier_eval_mode
 
 GREY = 0.5  # the centre of the value range: the start and the point the L2 penalty pulls toward
 
 
 @dataclass
 class GradientAscentConfig:
-    steps: int = option(300, "optimiser steps at most (paper: 300)")
-    learning_rate: float = option(0.05, "Adam learning rate, on the pixels (clamp) or the sigmoid's input")
+    steps: int = option(300, "optimiser steps at most (paper: 300)", ge=0)
+    learning_rate: float = option(0.05, "Adam learning rate, on the pixels (clamp) or the sigmoid's input", gt=0)
     objective: Literal["probability", "log_probability"] = option(
         "probability", "maximise p(target) (paper) or log p(target)")
     parameterization: Literal["clamp", "sigmoid"] = option(
         "clamp", "keep pixels in [0, 1] by clipping after each step (paper), or by image = sigmoid(parameter)")
     start: Literal["noise", "gray"] = option("noise", "start from grey plus seeded Gaussian noise, or plain grey")
-    noise_std: float = option(0.1, "standard deviation of the starting noise around grey, in pixel units")
+    noise_std: float = option(0.1, "standard deviation of the starting noise around grey, in pixel units", ge=0)
     l2_weight: float = option(0.001, "weight of the squared distance of the image from grey, summed over pixels "
-                                     "(ours: under Adam the paper's decay factor 0.01 has no direct equivalent)")
-    threshold: float = option(0.99, "an image stops once its target confidence reaches this")
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise CccError(f"gradient_ascent.steps: must be >= 0, got {self.steps}")
-        if self.learning_rate <= 0:
-            raise CccError(f"gradient_ascent.learning_rate: must be positive, got {self.learning_rate}")
-        if self.objective not in ("log_probability", "probability"):
-            raise CccError(f"gradient_ascent.objective: must be log_probability or probability, "
-                           f"got {self.objective!r}")
-        if self.parameterization not in ("sigmoid", "clamp"):
-            raise CccError(f"gradient_ascent.parameterization: must be sigmoid or clamp, "
-                           f"got {self.parameterization!r}")
-        if self.start not in ("noise", "gray"):
-            raise CccError(f"gradient_ascent.start: must be noise or gray, got {self.start!r}")
-        if self.noise_std < 0:
-            raise CccError(f"gradient_ascent.noise_std: must be >= 0, got {self.noise_std}")
-        if self.l2_weight < 0:
-            raise CccError(f"gradient_ascent.l2_weight: must be >= 0, got {self.l2_weight}")
-        if not 0 < self.threshold <= 1:
-            raise CccError(f"gradient_ascent.threshold: must lie in (0, 1], got {self.threshold}")
+                                     "(ours: under Adam the paper's decay factor 0.01 has no direct equivalent)",
+                              ge=0)
 
 
-@dataclass
-class GradientAscentResult:
-    """One optimised image per target."""
-
-    images: torch.Tensor  # N x C x H x W float32 in [0, 1]
-    confidences: torch.Tensor  # N float32: each image's target-class confidence
-    steps_to_threshold: torch.Tensor  # N int64: Adam steps until the threshold was reached, -1 never
-
-    @property
-    def fooled(self) -> torch.Tensor:
-        return self.steps_to_threshold >= 0
-
-
-class GradientAscent:
+class GradientAscent(SearchMethod):
     """Fooling images by gradient ascent against a fixed, differentiable classifier; nothing to fit."""
 
     name = "gradient_ascent"
+    paper = "Nguyen, Yosinski & Clune, Deep Neural Networks are Easily Fooled (CVPR 2015): gradient ascent"
+    config_class = GradientAscentConfig
 
-    def __init__(self, config: GradientAscentConfig, classifier_fn: ClassifierFn, image_shape: tuple[int, int, int],
-                 num_classes: int, device: torch.device | str = "cpu"):
-        config.validate()
-        if len(image_shape) != 3 or min(image_shape) < 1:
-            raise CccError(f"gradient_ascent: image shape must be (C, H, W) with positive sizes, got {image_shape}")
-        self.config = config
-        self.classifier_fn = classifier_fn
-        self.image_shape = tuple(int(size) for size in image_shape)
-        self.num_classes = num_classes
-        self.device = torch.device(device)
-        check_classifier_fn(classifier_fn, self.image_shape, num_classes, self.device, differentiable=True)
+    def __init__(self, config: GradientAscentConfig, context: MethodContext):
+        super().__init__(config, context)
+        check_bounds(config, "gradient_ascent.")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise CccError(f"gradient_ascent: image shape must be (C, H, W) with positive sizes, "
+                           f"got {self.image_shape}")
+        self.confidence_bar = context.confidence_bar
+        check_classifier_fn(self.classifier_fn, self.image_shape, self.num_classes, self.device, differentiable=True)
 
     def _start(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Starting images, count x C x H x W in [0, 1]."""
@@ -107,10 +73,10 @@ class GradientAscent:
     def _image(self, parameter: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(parameter) if self.config.parameterization == "sigmoid" else parameter
 
-    def run(self, targets: torch.Tensor, seed: int) -> GradientAscentResult:
-        """Optimise one image per target, all in one batch, each until its confidence reaches the threshold."""
+    def search(self, targets: torch.Tensor, seed: int) -> SearchResult:
+        """Optimise one image per target, all in one batch, each until its confidence reaches the bar."""
         cfg = self.config
-        targets = check_targets(targets, self.num_classes).to(self.device)
+        targets = self.check_targets(targets).to(self.device)
         count = len(targets)
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         start = self._start(count, generator)
@@ -130,7 +96,7 @@ class GradientAscent:
                 log_p = torch.log_softmax(self.classifier_fn(current).float(), dim=1)[rows, targets]
                 # Record the images still running; an image that reaches the threshold keeps this step's pixels.
                 images[active] = current.detach()[active]
-                reached = active & (log_p.detach().exp() >= cfg.threshold)
+                reached = active & (log_p.detach().exp() >= self.confidence_bar)
                 steps_to_threshold[reached] = step
                 active &= ~reached
                 if not active.any() or step == cfg.steps:
@@ -146,8 +112,7 @@ class GradientAscent:
                         parameter.clamp_(0, 1)
             with torch.no_grad():
                 confidences = torch.softmax(self.classifier_fn(images).float(), dim=1)[rows, targets]
-        return GradientAscentResult(images, confidences, steps_to_threshold)
-
-    def sample(self, targets: torch.Tensor, seed: int) -> torch.Tensor:
-        """Images N x C x H x W in [0, 1], one per entry of `targets`; the same seed gives the same images."""
-        return self.run(targets, seed).images
+        # Each image is scored once per step until it stops: step + 1 forward passes of it.
+        evaluations = torch.where(steps_to_threshold >= 0, steps_to_threshold + 1, steps_to_threshold)
+        last = int(steps_to_threshold.max()) if count and bool((steps_to_threshold >= 0).all()) else cfg.steps
+        return SearchResult(images, confidences, steps_to_threshold, evaluations, count * (last + 1))

@@ -31,40 +31,29 @@ from torch import nn
 from ccc_ray.classifiers.features import features_and_logits
 from ccc_ray.config import option
 from ccc_ray.errors import CccError
+from ccc_ray.methods.base import MethodContext, TrainedMethod, TrainingSchedule
 
 
 @dataclass
-class InversionConfig:
+class InversionConfig(TrainingSchedule):
     conditioning: Literal["one_hot", "soft"] = option("one_hot", "one_hot (CCC) or soft (the predecessor)")
-    latent_dim: int = option(64, "size of the latent vector z")
-    embed_dim: int = option(32, "size of the learned embedding of the conditioning vector")
-    base_channels: int = option(64, "channels of the first feature map (halved at each up-convolution)")
-    dropout: float = option(0.3, "dropout after each up-convolution (heavy dropout against mode collapse)")
-    kl_weight: float = option(1.0, "alpha: KL(conditioning vector || classifier softmax)")
-    ce_weight: float = option(0.0, "beta: cross-entropy of the encoded label")
-    cosine_weight: float = option(0.1, "gamma: mean cosine similarity of same-class features")
-    orthogonality_weight: float = option(0.1, "delta: same-class feature Gram matrix pushed toward identity")
-    pixel_diversity_weight: float = option(0.1, "mean cosine similarity of same-class images (ours)")
+    latent_dim: int = option(64, "size of the latent vector z", ge=1)
+    embed_dim: int = option(32, "size of the learned embedding of the conditioning vector", ge=1)
+    base_channels: int = option(64, "channels of the first feature map (halved at each up-convolution)", ge=1)
+    dropout: float = option(0.3, "dropout after each up-convolution (heavy dropout against mode collapse)",
+                            ge=0, lt=1)
+    kl_weight: float = option(1.0, "alpha: KL(conditioning vector || classifier softmax)", ge=0)
+    ce_weight: float = option(0.0, "beta: cross-entropy of the encoded label", ge=0)
+    cosine_weight: float = option(0.1, "gamma: mean cosine similarity of same-class features", ge=0)
+    orthogonality_weight: float = option(0.1, "delta: same-class feature Gram matrix pushed toward identity", ge=0)
+    pixel_diversity_weight: float = option(0.1, "mean cosine similarity of same-class images (ours)", ge=0)
     soft_temperature: float = option(3.0, "soft conditioning: scale of the random logits before softmax")
-    steps: int = option(1000, "optimiser steps")
-    batch_size: int = option(256, "global batch size (split across Ray workers)")
-    learning_rate: float = option(1e-3, "Adam learning rate")
-    beta1: float = option(0.5, "Adam beta1")
-    seed: int = option(0, "seed of initialisation and latent draws")
+    learning_rate: float = option(1e-3, "Adam learning rate", gt=0)
+    beta1: float = option(0.5, "Adam beta1", ge=0, lt=1)
 
     def validate(self) -> None:
-        for name in ("latent_dim", "embed_dim", "base_channels", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise CccError(f"generator.{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise CccError(f"generator.dropout: must lie in [0, 1), got {self.dropout}")
-        for name in ("kl_weight", "ce_weight", "cosine_weight", "orthogonality_weight", "pixel_diversity_weight"):
-            if getattr(self, name) < 0:
-                raise CccError(f"generator.{name}: loss weights must be >= 0, got {getattr(self, name)}")
         if self.kl_weight + self.ce_weight <= 0:
-            raise CccError("generator: kl_weight + ce_weight must be positive, or nothing pulls toward the class")
-        if self.learning_rate <= 0:
-            raise CccError(f"generator.learning_rate: must be positive, got {self.learning_rate}")
+            raise CccError("inversion: kl_weight + ce_weight must be positive, or nothing pulls toward the class")
 
 
 class ConditionedGenerator(nn.Module):
@@ -122,21 +111,27 @@ def same_class_orthogonality(features: torch.Tensor, targets: torch.Tensor) -> t
     return (gram.pow(2) * same).sum() / same.sum().clamp(min=1)
 
 
-class NetworkInversion:
+class NetworkInversion(TrainedMethod):
     """The seed-000 method: a conditioned generator fitted against a frozen classifier."""
 
     name = "inversion"
+    paper = ("Suhail & Sethi, Network Inversion for Generating Confidently Classified Counterfeits (2025); "
+             "loss of Network Inversion for Uncertainty-Aware OOD Detection (2025)")
+    kind = "generator"
+    config_class = InversionConfig
 
-    def __init__(self, config: InversionConfig, image_shape: tuple[int, int, int], num_classes: int,
-                 device: torch.device | str = "cpu"):
-        self.config = config
-        self.num_classes = num_classes
-        self.device = torch.device(device)
+    def __init__(self, config: InversionConfig, context: MethodContext):
+        super().__init__(config, context)
         torch.manual_seed(config.seed)
-        self.generator: nn.Module = ConditionedGenerator(image_shape, num_classes, config).to(self.device)
+        self.generator = ConditionedGenerator(self.image_shape, self.num_classes, config).to(self.device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.learning_rate,
                                           betas=(config.beta1, 0.999))
-        self.step = 0
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.optimizer}
 
     def conditioning(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The conditioning vector P for each target: one-hot, or a soft vector whose argmax is the target."""
@@ -178,15 +173,14 @@ class NetworkInversion:
             parts["confidence"] = log_q.gather(1, targets[:, None]).exp().mean()
         return parts
 
-    def training_step(self, classifier: nn.Module, generator: torch.Generator,
-                      batch_size: int | None = None) -> dict[str, float]:
+    def training_step(self, batch, rng: torch.Generator, batch_size: int) -> dict[str, float]:
         """One Adam step on a fresh batch of latents, with classes cycled so every class is in every batch."""
-        self.generator.train()
-        n = batch_size or self.config.batch_size
-        targets = torch.arange(n, device=self.device) % self.num_classes
-        latent, condition = self._draw(targets, generator)
-        images = self.generator(latent, condition)
-        parts = self.losses(classifier, images, condition, targets)
+        generator = self.trainable("generator")
+        generator.train()
+        targets = torch.arange(batch_size, device=self.device) % self.num_classes
+        latent, condition = self._draw(targets, rng)
+        images = generator(latent, condition)
+        parts = self.losses(self.context.classifier, images, condition, targets)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         self.optimizer.step()
@@ -194,23 +188,10 @@ class NetworkInversion:
         return {name: float(value.detach()) for name, value in parts.items()}
 
     @torch.no_grad()
-    def sample(self, targets: torch.Tensor, seed: int) -> torch.Tensor:
+    def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
         """Images for `targets` in eval mode (no dropout); the same seed gives the same images."""
-        if targets.numel() and (targets.min() < 0 or targets.max() >= self.num_classes):
-            raise CccError(f"target classes must lie in [0, {self.num_classes}), got {targets.max().item()}")
+        targets = self.check_targets(targets).to(self.device)
         self.generator.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        targets = targets.to(self.device)
         latent, condition = self._draw(targets, generator)
         return self.generator(latent, condition)
-
-    def state_dict(self) -> dict:
-        inner = getattr(self.generator, "module", self.generator)
-        return {"generator": inner.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        inner = getattr(self.generator, "module", self.generator)
-        inner.load_state_dict(state["generator"])
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state.get("step", 0))

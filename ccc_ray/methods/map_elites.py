@@ -19,14 +19,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from ccc_ray.config import option
+from ccc_ray.config import check_bounds, option
 from ccc_ray.errors import CccError
-from ccc_ray.methods.base import ClassifierFn
+from ccc_ray.methods.base import ClassifierFn, MethodContext, SearchMethod, SearchResult
 
 # A population of genomes: a tensor, or an object that indexes and assigns along its first dimension like
 # one (`CppnGenomes`), so `genomes[index]` selects individuals and `genomes[index] = other` replaces them.
@@ -49,18 +49,10 @@ class Encoding(Protocol):
 
 @dataclass
 class MapElitesConfig:
-    population_size: int = option(200, "offspring per generation, scored as one batch (paper: 200 for MNIST)")
-    max_generations: int = option(1000, "generations after the initial population, at most")
-    threshold: float = option(0.99, "confidence a champion must reach for its class to count as fooled")
+    population_size: int = option(200, "offspring per generation, scored as one batch (paper: 200 for MNIST)", ge=2)
+    max_generations: int = option(1000, "generations after the initial population, at most", ge=0)
+    threshold: float = option(0.99, "confidence a champion must reach for its class to count as fooled", gt=0, le=1)
     stop_at_threshold: bool = option(True, "stop once every class (or every requested class) is fooled")
-
-    def validate(self) -> None:
-        if self.population_size < 2:
-            raise CccError(f"map_elites.population_size: must be at least 2, got {self.population_size}")
-        if self.max_generations < 0:
-            raise CccError(f"map_elites.max_generations: must be >= 0, got {self.max_generations}")
-        if not 0 < self.threshold <= 1:
-            raise CccError(f"map_elites.threshold: must lie in (0, 1], got {self.threshold}")
 
 
 # ---- the classifier as a callable --------------------------------------------------------------------
@@ -155,7 +147,7 @@ class MapElites:
     """MAP-Elites with one niche per class, for any `Encoding`."""
 
     def __init__(self, config: MapElitesConfig, encoding: Encoding):
-        config.validate()
+        check_bounds(config, "map_elites.")
         self.config = config
         self.encoding = encoding
 
@@ -235,44 +227,67 @@ def check_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return targets.long()
 
 
-class FoolingEvolution:
-    """The evolution methods behind the CounterfeitMethod surface: MAP-Elites against a fixed classifier.
+@dataclass
+class EvolutionSchedule:
+    """The search budget every evolution method's config has (its encoding adds its own fields)."""
 
-    `name` is the encoding's (`direct_encoding` or `cppn`). There is nothing to fit.
+    population_size: int = option(200, "offspring per generation, scored as one batch (paper: 200 for MNIST)", ge=2)
+    max_generations: int = option(1000, "generations per run at most", ge=0)
+
+
+class EvolutionMethod(SearchMethod):
+    """MAP-Elites with one encoding against a fixed classifier, behind the method interface.
+
+    Subclasses (one per encoding file) set `name`, `config_class` and `encoding_class`. Black box: only
+    logits are needed, so the classifier may be an ONNX session.
     """
 
-    def __init__(self, encoding: Encoding, config: MapElitesConfig, classifier_fn: ClassifierFn, num_classes: int):
-        config.validate()
-        check_classifier_fn(classifier_fn, encoding.image_shape, num_classes, encoding.device)
-        self.name = encoding.name
-        self.search = MapElites(config, encoding)
-        self.classifier_fn = classifier_fn
-        self.num_classes = num_classes
+    paper = "Nguyen, Yosinski & Clune, Deep Neural Networks are Easily Fooled (CVPR 2015): MAP-Elites evolution"
+    black_box = True
+    encoding_class: ClassVar[type]
+
+    def __init__(self, config, context: MethodContext):
+        super().__init__(config, context)
+        self.encoding = self.encoding_class(config, self.image_shape, self.device)
+        self.evolution = MapElites(MapElitesConfig(population_size=config.population_size,
+                                                   max_generations=config.max_generations,
+                                                   threshold=context.confidence_bar), self.encoding)
 
     def run(self, seed: int, stop_classes: torch.Tensor | None = None) -> EvolutionResult:
-        return self.search.run(self.classifier_fn, self.num_classes, seed, stop_classes)
+        """One MAP-Elites run over every class (stopping once `stop_classes` are fooled)."""
+        return self.evolution.run(self.classifier_fn, self.num_classes, seed, stop_classes)
 
-    def sample(self, targets: torch.Tensor, seed: int) -> torch.Tensor:
-        """Images N x C x H x W in [0, 1], one champion per entry of `targets`.
+    def search(self, targets: torch.Tensor, seed: int) -> SearchResult:
+        """One champion per entry of `targets`.
 
         A class asked for r times takes its champions from r independent runs (one champion per class per
         run), whose seeds are drawn from `seed`; each run stops once the classes it serves are fooled. A
-        champion that missed the threshold within `max_generations` is returned all the same: callers
-        re-score what they keep.
+        champion that missed the bar within `max_generations` is returned all the same: callers re-score
+        what they keep (the keep rule).
         """
-        targets = check_targets(targets, self.num_classes).to(self.search.encoding.device)
-        images = torch.zeros(len(targets), *self.search.encoding.image_shape, device=self.search.encoding.device)
-        if not len(targets):
-            return images
+        targets = self.check_targets(targets).to(self.device)
+        count = len(targets)
+        images = torch.zeros(count, *self.image_shape, device=self.device)
+        confidences = torch.zeros(count, device=self.device)
+        steps = torch.full((count,), -1, dtype=torch.int64, device=self.device)
+        evaluations = steps.clone()
+        total = 0
+        if not count:
+            return SearchResult(images, confidences, steps, evaluations, 0)
         # Entry j is served by run occurrence[j]: how many earlier entries ask for the same class.
         order = torch.argsort(targets, stable=True)
         counts = torch.bincount(targets, minlength=self.num_classes)
         starts = torch.cumsum(counts, 0) - counts
         occurrence = torch.empty_like(targets)
-        occurrence[order] = torch.arange(len(targets), device=targets.device) - starts[targets[order]]
+        occurrence[order] = torch.arange(count, device=targets.device) - starts[targets[order]]
         seeds = torch.randint(2 ** 62, (int(occurrence.max()) + 1,), generator=torch.Generator().manual_seed(seed))
         for run_index, run_seed in enumerate(seeds.tolist()):
             served = occurrence == run_index
-            result = self.run(run_seed, targets[served])
-            images[served] = result.images[targets[served]].to(images.device)
-        return images
+            classes = targets[served]
+            result = self.run(run_seed, classes)
+            images[served] = result.images[classes].to(images.device)
+            confidences[served] = result.confidences[classes].to(images.device)
+            steps[served] = result.generations_to_threshold[classes].to(images.device)
+            evaluations[served] = result.evaluations_to_threshold[classes].to(images.device)
+            total += result.evaluations
+        return SearchResult(images, confidences, steps, evaluations, total)

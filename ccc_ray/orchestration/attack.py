@@ -36,7 +36,7 @@ from ccc_ray.orchestration.ray_runtime import (
     resolve_use_gpu,
     training_failed,
 )
-from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.store.files import ensure_writable_dir
 
 
 @ray.remote

@@ -26,7 +26,7 @@ from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
-from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.store.files import ensure_writable_dir
 
 
 def noise_images(count: int, image_shape: tuple[int, int, int], seed: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ccc_ray.evaluate import Evaluation, attack_success_rate, evaluate_classifie
 from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.job_config import JobConfig
 from ccc_ray.methods.generator_file import load_generator
-from ccc_ray.storage import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 
 HELD_OUT = "counterfeits_held_out"
 REATTACK_SEED_OFFSET = 7_919  # re-attack samples for the success rate use other latents than the store

@@ -24,7 +24,7 @@ from ccc_ray.orchestration.checkpoints import (
     load_checkpoint_state,
 )
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
-from ccc_ray.storage import ensure_writable_dir
+from ccc_ray.store.files import ensure_writable_dir
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:

@@ -26,7 +26,7 @@ from ccc_ray.errors import CccError
 from ccc_ray.job_config import JobConfig
 from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray
 from ccc_ray.orchestration.train_generator import generator_train_loop
-from ccc_ray.storage import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 from ccc_ray.tuning.objective import objective_parts
 from ccc_ray.tuning.search_space import apply_overrides, default_space_file, load_search_space, to_tune
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ccc_ray.errors import CccError
-from ccc_ray.storage import filesystem_for, is_uri, join_location
+from ccc_ray.store.files import filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA
 
 # A store file whose columns would decompress to more than this is refused before it is read

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ccc_ray.errors import CccError
-from ccc_ray.storage import ensure_writable_dir, filesystem_for, is_uri, join_location
+from ccc_ray.store.files import ensure_writable_dir, filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, RUN_METADATA_KEY
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -12,7 +12,7 @@ import pytest
 
 from ccc_ray.cli import main
 from ccc_ray.errors import CccError
-from ccc_ray.storage import ensure_writable_dir, filesystem_for, join_location
+from ccc_ray.store.files import ensure_writable_dir, filesystem_for, join_location
 from ccc_ray.store import (
     CounterfeitWriter,
     counterfeit_batch,
