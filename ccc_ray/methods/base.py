@@ -102,13 +102,18 @@ class CounterfeitMethod:
         """Images N x C x H x W in [0, 1], one per entry of `targets`; same seed and sources, same images."""
         raise NotImplementedError
 
-    def source_images(self, count: int, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]] | None:
-        """For `uses_sources` methods: the images to start from (N x C x H x W) and their ids; else None."""
+    def source_images(self, dataset, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]] | None:
+        """For `uses_sources` methods: one image to start from per target (N x C x H x W, picked with
+        `seed` from `dataset`, the run's `ImageDataset`, or from the method's own substrates) and an id
+        per image for the store's `source_id` (e.g. "test:123"); None for methods that start from nothing."""
         return None
 
-    def sample_with_lineage(self, targets: torch.Tensor, seed: int) -> Sampled:
-        """What `generate` stores: the images, and their source ids and masks where the method has them."""
-        picked = self.source_images(len(targets), targets, seed)
+    def sample_with_lineage(self, targets: torch.Tensor, seed: int, dataset=None) -> Sampled:
+        """What `generate` stores: the images, with source ids and masks where the method has them.
+
+        Methods that make an edit mask override this to fill `masks` (the default has none).
+        """
+        picked = self.source_images(dataset, targets, seed)
         if picked is None:
             return Sampled(self.sample(targets, seed))
         sources, source_ids = picked
