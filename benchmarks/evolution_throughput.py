@@ -11,7 +11,7 @@
 2. Confident counterfeits (confidence >= threshold on the stored uint8 image) per second of wall time:
    the trained inversion generator of the foundation issue (with --run-dir), direct-encoding and CPPN
    MAP-Elites run until all classes are fooled, and gradient ascent on a batch of targets. The searches
-   are those of `ccc-ray attack` (`ccc_ray.attack.run_search`), in this process.
+   are those of `ccc-ray attack` (`ccc_ray.counterfeits.search.run_search`), in this process.
 3. Per class, the generations and classifier evaluations the evolution needed to reach the threshold.
 4. The black-box path: the same runs against the classifier's ONNX export (onnxruntime); the largest
    difference of the champions' confidences from the torch runs.
@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 
-from ccc_ray.attack import AttackRun, run_search
+from ccc_ray.counterfeits.search import AttackRun, run_search
 from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import accuracy, train_epoch
 from ccc_ray.data.sources import DataConfig, load_dataset
-from ccc_ray.job_config import AttackSettings
+from ccc_ray.job import AttackSettings
 from ccc_ray.methods.cppn import Cppn, CppnConfig
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig, class_probabilities
-from ccc_ray.quality import dequantize, quantize
+from ccc_ray.counterfeits.quality import dequantize, quantize
 
 EVOLUTION = ("direct_encoding", "cppn")
 

@@ -27,7 +27,7 @@ def main() -> None:
     from ccc_ray.data.sources import DataConfig, load_dataset
     from ccc_ray.export.onnx_export import check_parity, export_onnx
     from ccc_ray.export.onnx_runtime import OnnxClassifier, choose_providers
-    from ccc_ray.generate import generate_counterfeits
+    from ccc_ray.counterfeits.generate import generate_counterfeits
     from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,7 +9,7 @@ needed until the champion's confidence reaches the threshold on its stored uint8
 not within --max-generations. A hardened reject-mode model has K + 1 outputs; the confidence of class k
 is its softmax over all of them, so putting mass on "reject" defends.
 
-The searches are those of `ccc-ray attack` (`ccc_ray.attack.run_search`), one after another in this
+The searches are those of `ccc-ray attack` (`ccc_ray.counterfeits.search.run_search`), one after another in this
 process. Run from the repository root:
 
     .venv/bin/python benchmarks/nguyen_retraining.py --run-dir /tmp/r3/default --seeds 3
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ccc_ray.attack import plan_runs, run_search
+from ccc_ray.counterfeits.search import plan_runs, run_search
 from ccc_ray.classifiers.weights import load_classifier
-from ccc_ray.job_config import AttackSettings
+from ccc_ray.job import AttackSettings
 
 
 def parse_args() -> argparse.Namespace:

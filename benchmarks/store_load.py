@@ -4,7 +4,7 @@
 
 Each measurement runs in a fresh Python process, so its peak RSS (getrusage ru_maxrss) is its own:
 
-- `generate`: the real `ccc_ray.generate.generate_counterfeits` (quantize to uint8, re-score with the
+- `generate`: the real `ccc_ray.counterfeits.generate.generate_counterfeits` (quantize to uint8, re-score with the
   classifier, keep >= threshold, nearest-train distance, lineage columns, streaming atomic write), fed by
   stand-ins so that only the streaming is measured: a method whose `sample()` returns uniform random
   images (seeded per batch), a linear classifier with zero weights (every image scores 1/K, so every row
@@ -76,7 +76,7 @@ def batches(rows: int, batch_size: int, image_shape: tuple[int, int, int]):
     """The record batches `generate` writes, rebuilt from the same seeds (untimed in the callers)."""
     import torch
 
-    from ccc_ray.quality import quantize
+    from ccc_ray.counterfeits.quality import quantize
     from ccc_ray.store import counterfeit_batch
 
     method = RandomImages(image_shape)
@@ -103,7 +103,7 @@ def child(mode: str, rows: int, batch_size: int, image_shape: tuple[int, int, in
     out.mkdir(parents=True, exist_ok=True)
     baseline = peak_rss_mb()
     if mode == "generate":
-        from ccc_ray.generate import generate_counterfeits
+        from ccc_ray.counterfeits.generate import generate_counterfeits
 
         method, classifier, dataset = stand_ins(image_shape)
         baseline = peak_rss_mb()

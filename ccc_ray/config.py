@@ -49,10 +49,14 @@ def _bounds_text(bounds: dict[str, float]) -> str:
 
 
 def check_bounds(config: Any, where: str = "") -> None:
-    """Raise a CccError for the first field of `config` (one section) outside its declared bounds."""
+    """Raise a CccError for the first field of `config` (one section) outside its declared bounds or choices."""
+    hints = _field_types(type(config))
     for f in dataclasses.fields(config):
         bounds = f.metadata.get("bounds") if f.metadata else None
         value = getattr(config, f.name)
+        if get_origin(hints.get(f.name)) is Literal and value not in get_args(hints[f.name]):
+            choices = " or ".join(map(str, get_args(hints[f.name])))
+            raise CccError(f"{where}{f.name}: must be {choices}, got {value!r}")
         if not bounds or value is None or isinstance(value, bool):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]

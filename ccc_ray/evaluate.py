@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ccc_ray.classifiers.training import predict_logits
+from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.ood.metrics import acceptance_threshold, ood_metrics
 from ccc_ray.ood.scores import ood_score
 
@@ -30,13 +31,13 @@ class Evaluation:
 
     clean_accuracy: float
     primary_score: str
-    threshold: float
+    ood_threshold: float  # the primary score's acceptance threshold: 95% of in-distribution test images pass
     metrics: dict[str, dict[str, dict[str, float]]]  # OOD set -> score -> metric -> value
     scores_in: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     scores_out: dict[str, dict[str, np.ndarray]] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"clean_accuracy": self.clean_accuracy, "score": self.primary_score, "threshold95": self.threshold,
+        return {"clean_accuracy": self.clean_accuracy, "score": self.primary_score, "threshold95": self.ood_threshold,
                 "ood": self.metrics}
 
 
@@ -61,14 +62,14 @@ def evaluate_classifier(classifier, reject_class: bool, test_images: torch.Tenso
 
 
 def attack_success_rate(classifier, reject_class: bool, images: torch.Tensor, targets: torch.Tensor,
-                        score: str, threshold: float, confidence: float = 0.99,
+                        score: str, ood_threshold: float, confidence_bar: float,
                         device: torch.device | str = "cpu") -> dict[str, float]:
-    """Share of attack samples that fool the classifier: confident on their target and not flagged."""
-    logits = predict_logits(classifier, images, device)
+    """Share of attack samples that fool the classifier: kept by the keep rule (confident on their target,
+    on the stored image) and accepted by the OOD detector (score >= `ood_threshold`)."""
+    scored = score_as_stored(images, targets, classifier, confidence_bar, device)
     if score not in applicable_scores(reject_class):
         score = "max_softmax"
-    probabilities = torch.softmax(logits, dim=1)
-    confident = probabilities.gather(1, targets[:, None]).squeeze(1) >= confidence
-    accepted = ood_score(score, logits, reject_class) >= threshold
+    confident = scored.kept
+    accepted = ood_score(score, scored.logits, reject_class) >= ood_threshold
     return {"confident_share": float(confident.double().mean()), "accepted_share": float(accepted.double().mean()),
             "success_rate": float((confident & accepted).double().mean()), "samples": int(len(targets))}

@@ -92,7 +92,8 @@ def render_report_md(report: dict) -> str:
         lines.append(f"| {row['round']} | {_pct(row['clean_accuracy'])} | {aurocs} | "
                      f"{_pct(row['ood'][sets[0]][used]['fpr95'])} | {_pct(row['attack']['success_rate'])} |")
     lines += ["", "Re-attack success: share of a fresh generator's samples against that round's model that reach "
-              "confidence >= 0.99 on their target and pass the 95%-TPR threshold.", ""]
+              f"confidence >= {report.get('confidence_bar', 0.99)} (the keep rule's bar) on their target on the "
+              "stored image and pass the OOD score's 95%-TPR acceptance threshold.", ""]
     for row in rounds:
         lines += [f"## Round {row['round']} (`{row['score']}`, threshold {row['threshold95']:.4g})", "",
                   "| OOD set | score | AUROC | AUPR-in | AUPR-out | FPR95 |", "|---|---|---|---|---|---|"]

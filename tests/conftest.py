@@ -42,15 +42,17 @@ def digits_generator_file(tmp_path_factory, digits, digits_classifier_file):
     """A network-inversion generator bound to `digits_classifier_file`, trained for a few steps only."""
     from ccc_ray.classifiers.weights import load_classifier
     from ccc_ray.methods.generator_file import save_generator
+    from ccc_ray.methods import MethodContext
     from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
     classifier, info = load_classifier(digits_classifier_file)
     classifier.requires_grad_(False)
-    method = NetworkInversion(InversionConfig(batch_size=64, steps=20), digits.image_shape, digits.num_classes)
+    context = MethodContext(digits.image_shape, digits.num_classes, classifier)
+    method = NetworkInversion(InversionConfig(batch_size=64, steps=20), context)
     for step in range(20):
-        method.training_step(classifier, torch.Generator().manual_seed(step), 64)
+        method.training_step(None, torch.Generator().manual_seed(step), 64)
     path = tmp_path_factory.mktemp("generator") / "generator-inversion.safetensors"
-    save_generator(path, method, digits.image_shape, list(digits.class_names), info.sha256)
+    save_generator(path, method, list(digits.class_names), info.sha256)
     return path
 
 

@@ -25,23 +25,14 @@ from ccc_ray.errors import CccError
 class ClassifierConfig:
     arch: str = option("small_cnn", "small_cnn | a torchvision model name | package.module:factory")
     weights: str | None = option(None, "weights file (.safetensors, or a .pt state dict) to start from")
-    width: int = option(32, "small_cnn: channels of the first convolution block")
-    hidden: int = option(256, "small_cnn: units of the hidden fully connected layer")
-    dropout: float = option(0.25, "small_cnn: dropout probability")
-    epochs: int = option(40, "training epochs")
-    batch_size: int = option(64, "global batch size (split across Ray workers)")
-    learning_rate: float = option(1e-3, "Adam learning rate")
-    weight_decay: float = option(1e-4, "Adam weight decay")
+    width: int = option(32, "small_cnn: channels of the first convolution block", ge=1)
+    hidden: int = option(256, "small_cnn: units of the hidden fully connected layer", ge=1)
+    dropout: float = option(0.25, "small_cnn: dropout probability", ge=0, lt=1)
+    epochs: int = option(40, "training epochs", ge=1)
+    batch_size: int = option(64, "global batch size (split across Ray workers)", ge=1)
+    learning_rate: float = option(1e-3, "Adam learning rate", gt=0)
+    weight_decay: float = option(1e-4, "Adam weight decay", ge=0)
     seed: int = option(0, "seed for initialisation and batch order")
-
-    def validate(self) -> None:
-        for name in ("width", "hidden", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise CccError(f"classifier.{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise CccError(f"classifier.dropout: must lie in [0, 1), got {self.dropout}")
-        if self.learning_rate <= 0:
-            raise CccError(f"classifier.learning_rate: must be positive, got {self.learning_rate}")
 
 
 class RepeatGrey(nn.Module):

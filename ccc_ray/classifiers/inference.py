@@ -16,3 +16,8 @@ from torch import nn
 def prepare_for_attack(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """`model` on `device` in eval mode, frozen (no parameter gradients), convolutions in channels-last."""
     return model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
+
+
+def default_device() -> torch.device:
+    """CUDA when this process can use it, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,9 +18,10 @@ class DataConfig:
     name: str = option("digits", f"data set: {' | '.join(SOURCES)}")
     root: str | None = option(None, "local folder (torchvision sets, image_folder) or Parquet file/folder")
     download: bool = option(False, "torchvision sets only: download into root if missing")
-    test_fraction: float = option(0.2, "share held out for testing where the source has no test split")
+    test_fraction: float = option(0.2, "share held out for testing where the source has no test split", gt=0, lt=1)
     split_seed: int = option(0, "seed of the train/test split")
-    image_size: int | None = option(None, "resize every image to this square size (default: the source's own)")
+    image_size: int | None = option(None, "resize every image to this square size (default: the source's own)",
+                                    ge=4)
     channels: int | None = option(None, "1 (grey) or 3 (RGB); default: the source's own (image_folder: the first image's)")
 
     def validate(self) -> None:
@@ -28,17 +29,15 @@ class DataConfig:
             raise CccError(f"data.name: unknown data set {self.name!r}; choose one of {', '.join(SOURCES)}")
         if self.name not in ("digits",) and not self.root:
             raise CccError(f"data.root: data set {self.name!r} needs a local root folder or file")
-        if not 0 < self.test_fraction < 1:
-            raise CccError(f"data.test_fraction: must lie in (0, 1), got {self.test_fraction}")
         if self.channels not in (None, 1, 3):
             raise CccError(f"data.channels: must be 1 or 3, got {self.channels}")
-        if self.image_size is not None and self.image_size < 4:
-            raise CccError(f"data.image_size: must be at least 4, got {self.image_size}")
 
 
 def load_dataset(config: DataConfig) -> ImageDataset:
     """Load and split the configured source; the same config gives the same tensors everywhere."""
-    config.validate()
+    from ccc_ray.config import validate_config
+
+    validate_config(config, "data.")
     name = config.name
     if name == "digits":
         from ccc_ray.data.digits import load_digits_arrays

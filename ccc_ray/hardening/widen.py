@@ -45,7 +45,7 @@ def widen_classifier(model: nn.Module, image_shape: tuple[int, int, int] | None 
             new.bias[:old.out_features].copy_(old.bias)
     setattr(parent, attribute, new)  # also right for nn.Sequential, whose children are named "0", "1", ...
     if image_shape is not None:
-        _check_widened(inner, widened, image_shape, old.out_features)
+        _check_widened(model, widened, image_shape, old.out_features)
     return widened
 
 

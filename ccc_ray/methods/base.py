@@ -68,6 +68,11 @@ class SearchResult:
     evaluations_to_bar: torch.Tensor  # N int64: classifier evaluations until then, -1 never
     total_evaluations: int  # images the classifier scored in the whole search
 
+    @property
+    def fooled(self) -> torch.Tensor:
+        """N bool: the images that reached the confidence bar."""
+        return self.steps_to_bar >= 0
+
 
 @dataclass
 class TrainingSchedule:

@@ -23,7 +23,7 @@ from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
 from ccc_ray.hardening.widen import widen_classifier
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
 from ccc_ray.store.files import ensure_writable_dir

@@ -17,14 +17,22 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
+from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import load_classifier
+from ccc_ray.data.real_ood import real_ood_images
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.evaluate import Evaluation, attack_success_rate, evaluate_classifier
+from ccc_ray.export.onnx_export import check_parity, export_onnx
 from ccc_ray.hardening.counterfeits import split_counterfeits
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
+from ccc_ray.orchestration.generation import generate_from_file
+from ccc_ray.orchestration.harden_classifier import harden_classifier
+from ccc_ray.orchestration.train_method import train_method
+from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.reader import read_store, table_images
 
 HELD_OUT = "counterfeits_held_out"
 REATTACK_SEED_OFFSET = 7_919  # re-attack samples for the success rate use other latents than the store
@@ -32,19 +40,21 @@ REATTACK_SEED_OFFSET = 7_919  # re-attack samples for the success rate use other
 
 def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobConfig:
     """The run of one round: its own run id and folder, attacking `classifier_path`."""
-    steps = job.harden.reattack_steps or job.generator.steps
+    method = job.generate.method
+    steps = job.harden.reattack_steps or job.method_config(method).steps
     run = dataclasses.replace(job.run, run_id=f"{job.run.run_id}.r{round_index}",
                               output_dir=str(job.run.run_dir / "rounds"), classifier_path=str(classifier_path),
-                              generator_path=None, store_path=None,
+                              generator_path=None, counterfeit_store=None,
                               storage_path=job.run.storage_path)  # shared storage on multi-node clusters
-    return dataclasses.replace(job, run=run, generator=dataclasses.replace(job.generator, steps=steps))
+    return dataclasses.replace(job, run=run).with_method_config(
+        method, dataclasses.replace(job.method_config(method), steps=steps))
 
 
-def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, num_classes: int):
+def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, dataset):
+    """A fresh sample of the attack (other seeds than the store's), as float images; the keep rule quantizes."""
     method, _ = load_generator(generator_file)
-    targets = torch.arange(num_classes).repeat_interleave(count_per_class)
-    images = method.sample(targets, job.generate.seed + REATTACK_SEED_OFFSET).clamp(0, 1)
-    return images.mul(255).round().div(255), targets  # scored as stored: uint8-quantized
+    targets = torch.arange(dataset.num_classes).repeat_interleave(count_per_class)
+    return method.sample_with_lineage(targets, job.generate.seed + REATTACK_SEED_OFFSET, dataset).images, targets
 
 
 def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -57,10 +67,6 @@ def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.nd
 
 def run_hardening(job: JobConfig, progress=print) -> dict:
     """Every round, then export; returns report.json's content (also written to the run folder)."""
-    from ccc_ray.data.real_ood import real_ood_images
-    from ccc_ray.orchestration.harden_classifier import harden_classifier
-    from ccc_ray.stages import default_device, run_generate, run_train_generator
-
     cfg = job.harden
     dataset = load_dataset(job.data)
     baseline_path = job.run.classifier_file
@@ -83,12 +89,13 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
                                    {HELD_OUT: held_out, **real_ood}, cfg.score, device)
 
     baseline_eval = evaluate(baseline, False, first_split.eval_images)
-    attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset.num_classes)
+    attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset)
     rows = [{"round": 0, "model": str(baseline_path), "classifier_sha256": info.sha256,
              "counterfeits_train": len(first_split.train_ids), "counterfeits_held_out": len(first_split.eval_ids),
              **baseline_eval.to_dict(),
              "attack": attack_success_rate(baseline, False, attack_images, attack_targets,
-                                           baseline_eval.primary_score, baseline_eval.threshold, device=device)}]
+                                           baseline_eval.primary_score, baseline_eval.ood_threshold,
+                                           job.keep.confidence_bar, device=device)}]
     progress(f"[harden] baseline: clean accuracy {baseline_eval.clean_accuracy:.4f}, "
              f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
     evaluations = [baseline_eval]
@@ -111,13 +118,13 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
         evaluation = evaluate(hardened, reject, split.eval_images)
         progress(f"[harden] round {round_index}: re-attacking the hardened classifier")
         attacker = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(hardened_path)))
-        run_train_generator(attacker)
+        train_method(attacker)
         images, targets = sample_attack(attacker, attacker.run.generator_file(job.generate.method), per_class,
-                                        dataset.num_classes)
+                                        dataset)
         attack = attack_success_rate(hardened, reject, images, targets, evaluation.primary_score,
-                                     evaluation.threshold, device=device)
+                                     evaluation.ood_threshold, job.keep.confidence_bar, device=device)
         try:
-            generated = run_generate(attacker, progress=False)
+            generated = generate_from_file(attacker, progress=False)
             pool.append(str(Path(generated.store_file)))
             kept = generated.kept
         except CccError as error:  # a hardened model may leave the re-attack with no confident sample
@@ -133,6 +140,7 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
                  f"{rows[-1]['ood'][HELD_OUT][evaluation.primary_score]['auroc']:.4f}, re-attack success "
                  f"{attack['success_rate']:.1%}")
     report = {"run_id": job.run.run_id, "data": job.data.name, "mode": cfg.mode, "score": cfg.score,
+              "confidence_bar": job.keep.confidence_bar,
               "baseline": str(baseline_path), "hardened": str(hardened_path), "rounds": rows,
               "real_ood_sets": sorted(real_ood)}
     report["export"] = export_hardened(job, hardened_path, evaluations[-1], dataset, first_split)
@@ -142,22 +150,17 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
 
 def export_hardened(job: JobConfig, hardened_path: Path, evaluation: Evaluation, dataset, split) -> dict:
     """ONNX export of the last round's classifier with its score and threshold, checked against torch."""
-    from ccc_ray.export.onnx_export import check_parity, export_onnx
-
     model, info = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
     path = job.run.run_dir / "classifier-hardened.onnx"
     export_onnx(model, path, list(info.class_names), info.image_shape, evaluation.primary_score,
-                evaluation.threshold, info.reject_class)
+                evaluation.ood_threshold, info.reject_class)
     parity = {"real": check_parity(model, path, dataset.test_images),
               "counterfeit": check_parity(model, path, split.eval_images)}
-    return {"onnx": str(path), "score": evaluation.primary_score, "threshold": evaluation.threshold,
+    return {"onnx": str(path), "score": evaluation.primary_score, "threshold": evaluation.ood_threshold,
             "parity_max_abs_probability_difference": parity}
 
 
 def write_artifacts(job: JobConfig, report: dict, evaluations: list[Evaluation], dataset, run_dir: Path) -> None:
-    from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
-    from ccc_ray.store.reader import read_store, table_images
-
     atomic_write_bytes(run_dir / "report.json", json.dumps(report, indent=2, default=float).encode())
     write_report_md(report, run_dir / "report.md")
     table = read_store(job.run.store_dir, dataset.image_shape, dataset.num_classes)

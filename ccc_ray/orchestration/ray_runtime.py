@@ -11,7 +11,7 @@ import ray
 import ray.train
 
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import RunSettings
+from ccc_ray.job import RunSettings
 
 
 def ensure_ray() -> None:
@@ -111,3 +111,14 @@ def quiet_worker_logs() -> None:
 
     if os.environ.get("CCC_RAY_TRAIN_LOG_LEVEL", "WARNING").upper() != "INFO":
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def versions() -> dict:
+    """Library versions for a store's or report's metadata: enough to reproduce the run."""
+    import pyarrow
+    import torch
+
+    import ccc_ray
+
+    return {"ccc_ray": ccc_ray.__version__, "torch": torch.__version__, "ray": ray.__version__,
+            "pyarrow": pyarrow.__version__}

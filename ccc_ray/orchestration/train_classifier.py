@@ -18,7 +18,7 @@ from ccc_ray.classifiers.weights import (
     save_classifier,
 )
 from ccc_ray.data.sources import load_dataset
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 from ccc_ray.orchestration.checkpoints import (
     checkpoint_to_report,
     load_checkpoint_state,

@@ -1,4 +1,4 @@
-"""`ccc-ray tune`: Ray Tune over a generator's loss weights, one Ray Train run per trial (Train V2 style).
+"""`ccc-ray tune`: Ray Tune over a trained method's loss weights, one Ray Train run per trial (Train V2 style).
 
 Each Tune trial is a small function that builds its JobConfig from the base job plus the drawn values
 (checked like command-line flags), then runs the generator's TorchTrainer; the training loop scores
@@ -19,38 +19,33 @@ import ray
 import ray.train
 from ray import tune
 
-from ccc_ray.classifiers.weights import classifier_from_bytes
-from ccc_ray.config import write_yaml
-from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig, apply_overrides, dump_job
 from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray
-from ccc_ray.orchestration.train_generator import generator_train_loop
+from ccc_ray.orchestration.train_method import loop_config_for, method_train_loop
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 from ccc_ray.tuning.objective import objective_parts
-from ccc_ray.tuning.search_space import apply_overrides, default_space_file, load_search_space, to_tune
+from ccc_ray.tuning.search_space import default_space_file, load_search_space, to_tune
 
 PART_COLUMNS = tuple(objective_parts(0.0, 0.0, 0.0))
 
 
-def tune_trial(params: dict, job: JobConfig, classifier_bytes: bytes, classifier_path: str, starts_dir: str) -> None:
+def tune_trial(params: dict, job: JobConfig, loop_config: dict, starts_dir: str) -> None:
     """One trial: the job with the drawn values, trained by a TorchTrainer that reports to Tune."""
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
     Path(starts_dir, f"{trial_id}-{time.time_ns()}").touch()  # lets a test prove finished trials never rerun
-    trial_job = apply_overrides(job, params, JobConfig)
+    trial_job = apply_overrides(job, params)
     settings = trial_job.tune
     resources = {"CPU": settings.cpus_per_trial}
     if settings.gpus_per_trial > 0:
         resources["GPU"] = settings.gpus_per_trial
-    scoring = {"per_class": settings.score_per_class, "threshold": trial_job.generate.threshold,
-               "seed": trial_job.generate.seed}
+    scoring = {"per_class": settings.score_per_class, "seed": trial_job.generate.seed}
     trainer = TorchTrainer(
-        generator_train_loop,
-        train_loop_config={"job": trial_job, "method": trial_job.generate.method, "classifier_bytes": classifier_bytes,
-                           "classifier_path": classifier_path, "objective": scoring},
+        method_train_loop,
+        train_loop_config={**loop_config, "job": trial_job, "objective": scoring},
         scaling_config=ray.train.ScalingConfig(num_workers=trial_job.run.num_workers,
                                                use_gpu=settings.gpus_per_trial > 0, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -60,18 +55,32 @@ def tune_trial(params: dict, job: JobConfig, classifier_bytes: bytes, classifier
     trainer.fit()
 
 
+def check_trial_fits(job: JobConfig) -> None:
+    """Refuse in one line a search whose single trial cannot fit the cluster (Tune would wait forever)."""
+    settings, workers = job.tune, job.run.num_workers
+    resources = ray.cluster_resources()
+    need_cpu = workers * settings.cpus_per_trial + 0.01  # + the trial function's own small reservation
+    need_gpu = workers * settings.gpus_per_trial
+    missing = []
+    if resources.get("CPU", 0) < need_cpu:
+        missing.append(f"{need_cpu:g} CPUs ({workers} worker(s) x tune.cpus_per_trial {settings.cpus_per_trial:g}), "
+                       f"the cluster has {resources.get('CPU', 0):g}")
+    if resources.get("GPU", 0) < need_gpu:
+        missing.append(f"{need_gpu:g} GPUs, the cluster has {resources.get('GPU', 0):g}")
+    if missing:
+        raise CccError(f"tune: one trial needs {' and '.join(missing)}; lower --tune.cpus_per_trial (e.g. "
+                       f"{resources.get('CPU', 1) / max(workers, 1) * 0.9:.2g}) or --run.num_workers, or add nodes")
+
+
 def run_tune(job: JobConfig, progress=print) -> dict:
     """Run (or resume) the search; writes trials.csv / trials.parquet and best.yaml; returns a summary."""
     method = job.generate.method
     space_file = Path(job.tune.search_space) if job.tune.search_space else default_space_file(method)
-    space = load_search_space(space_file, JobConfig)  # every bad space fails here, before Ray starts
-    classifier_path = job.run.classifier_file
-    if not classifier_path.is_file():
-        raise CccError(f"run.classifier_path: {str(classifier_path)!r} does not exist; run `ccc-ray train-classifier` "
-                       "first or point --run.classifier_path at a classifier file")
-    raw = classifier_path.read_bytes()
-    dataset = load_dataset(job.data)
-    classifier_from_bytes(raw, str(classifier_path), dataset.image_shape, dataset.num_classes)
+    if not space_file.is_file():
+        raise CccError(f"tune.search_space: {method} has no default search space ({str(space_file)!r}); "
+                       "give one with --tune.search_space")
+    space = load_search_space(space_file)  # every bad space fails here, before Ray starts
+    loop_config, _ = loop_config_for(job, method)
     storage = ensure_writable_dir(job.run.run_dir / "tune", "run.output_dir")
     name = f"{job.run.run_id}-tune-{method}"
     claim_run(dataclasses.replace(job.run, storage_path=str(storage)), name,
@@ -79,10 +88,10 @@ def run_tune(job: JobConfig, progress=print) -> dict:
     experiment = storage / name
     starts = ensure_writable_dir(experiment.parent / f"{name}-starts", "run.output_dir")
     ensure_ray()
-    reports = max(1, job.generator.steps // job.run.checkpoint_every)
+    check_trial_fits(job)
+    reports = max(1, job.method_config(method).steps // job.run.checkpoint_every)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, job=job, classifier_bytes=raw, classifier_path=str(classifier_path),
-                             starts_dir=str(starts)),
+        tune.with_parameters(tune_trial, job=job, loop_config=loop_config, starts_dir=str(starts)),
         {"CPU": 0.01})  # the trial function only waits; its Train workers ask for the CPUs and GPUs
     if tune.Tuner.can_restore(str(experiment)):
         progress(f"[tune] resuming the search in {experiment}")
@@ -123,11 +132,11 @@ def summarise(job: JobConfig, space: dict, results, reports: int, experiment: Pa
         raise CccError(f"tune: no trial reported an objective; see the trial logs under {experiment}")
     completed = [row for row in rows if row["status"] == "completed" and row["objective"] is not None]
     best = max(completed or [r for r in rows if r["objective"] is not None], key=lambda row: row["objective"])
-    best_job = apply_overrides(job, {name: best[name] for name in space}, JobConfig)
+    best_job = apply_overrides(job, {name: best[name] for name in space})
     run_dir = job.run.run_dir
     write_table(rows, run_dir / "tune-trials")
     best_file = run_dir / "tune-best.yaml"
-    write_yaml(best_job, best_file)
+    atomic_write_bytes(best_file, dump_job(best_job).encode())
     summary = {"trials": len(rows), "completed": len(completed),
                "stopped_early": sum(row["status"] == "stopped early" for row in rows),
                "errors": sum(row["status"] == "error" for row in rows), "best": best,

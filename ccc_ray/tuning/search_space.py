@@ -1,42 +1,47 @@
 """Search spaces in YAML, keyed by the dotted config names the CLI uses, checked before any trial starts.
 
-    generator.kl_weight: {type: loguniform, low: 0.3, high: 3.0}
-    generator.cosine_weight: {type: uniform, low: 0.0, high: 0.5}
-    generator.conditioning: {type: choice, values: [one_hot, soft]}
+    inversion.kl_weight: {type: loguniform, low: 0.3, high: 3.0}
+    inversion.cosine_weight: {type: uniform, low: 0.0, high: 0.5}
+    inversion.conditioning: {type: choice, values: [one_hot, soft]}
+
+Every method keeps its default space next to its file: `ccc_ray/methods/<name>-search.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from pathlib import Path
 from typing import Any
 
-from ccc_ray.config import config_from_dict, read_yaml
+from ccc_ray.config import read_yaml
 from ccc_ray.errors import CccError
+from ccc_ray.job import JobConfig, apply_overrides, section_classes
+from ccc_ray.methods import method_class
 
 KINDS = ("uniform", "loguniform", "choice", "randint")
-PACKAGED = Path(__file__).resolve().parent.parent / "configs"
 
 
 def default_space_file(method: str) -> Path:
-    return PACKAGED / f"{method}-search.yaml"
+    """The method's own space: `<name>-search.yaml` beside the file that defines the method."""
+    return Path(inspect.getfile(method_class(method, "generate.method"))).with_name(f"{method}-search.yaml")
 
 
-def _field_type(config_cls: type, dotted: str) -> Any:
+def _field_type(dotted: str) -> Any:
     section, _, name = dotted.partition(".")
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    if section not in fields or not name or not dataclasses.is_dataclass(fields[section].default_factory()):
+    classes = section_classes()
+    if section not in classes or not name:
         raise CccError(f"tune.search_space: unknown parameter {dotted!r}; use a dotted config name such as "
-                       "generator.kl_weight")
-    inner = {f.name: f for f in dataclasses.fields(fields[section].default_factory())}
+                       "inversion.kl_weight")
+    inner = {f.name: f for f in dataclasses.fields(classes[section])}
     if name not in inner:
         raise CccError(f"tune.search_space: unknown parameter {dotted!r}; {section} has "
                        f"{', '.join(sorted(inner))}")
     return inner[name]
 
 
-def load_search_space(path: str | Path, config_cls: type) -> dict[str, dict]:
+def load_search_space(path: str | Path) -> dict[str, dict]:
     """{dotted name: spec} from YAML, every name a real config field and every range sensible."""
     raw = read_yaml(path)
     if not raw:
@@ -45,7 +50,7 @@ def load_search_space(path: str | Path, config_cls: type) -> dict[str, dict]:
         raise CccError(f"tune.search_space: {str(path)!r} must map parameter names to ranges")
     space = {}
     for dotted, spec in raw.items():
-        _field_type(config_cls, dotted)
+        _field_type(dotted)
         if not isinstance(spec, dict) or spec.get("type") not in KINDS:
             raise CccError(f"tune.search_space: {dotted}: give {{type: {' | '.join(KINDS)}, ...}}, got {spec!r}")
         kind = spec["type"]
@@ -67,7 +72,7 @@ def load_search_space(path: str | Path, config_cls: type) -> dict[str, dict]:
     # Every corner of the space must make a valid config: check the low and high ends now.
     for end in ("low", "high"):
         overrides = {k: (s["values"][0] if s["type"] == "choice" else s[end]) for k, s in space.items()}
-        apply_overrides(config_cls(), overrides, config_cls)
+        apply_overrides(JobConfig(), overrides)
     return space
 
 
@@ -80,16 +85,3 @@ def to_tune(space: dict[str, dict]) -> dict[str, Any]:
               "randint": lambda s: tune.randint(int(s["low"]), int(s["high"])),
               "choice": lambda s: tune.choice(s["values"])}
     return {name: makers[spec["type"]](spec) for name, spec in space.items()}
-
-
-def apply_overrides(config, overrides: dict[str, Any], config_cls: type):
-    """A validated copy of `config` with dotted overrides applied (through the same checks as YAML)."""
-    from ccc_ray.config import validate_config
-
-    tree = dataclasses.asdict(config)
-    for dotted, value in overrides.items():
-        section, _, name = dotted.partition(".")
-        tree[section][name] = value
-    result = config_from_dict(config_cls, tree)
-    validate_config(result)
-    return result

@@ -12,7 +12,7 @@ import torch
 from ccc_ray import cli
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.hardening.counterfeits import split_counterfeits
-from ccc_ray.quality import nearest_distances
+from ccc_ray.counterfeits.quality import nearest_distances
 from ccc_ray.store.reader import read_store, table_images
 from ccc_ray.store.schema import RUN_METADATA_KEY
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from ccc_ray.attack import (
+from ccc_ray.counterfeits.search import (
     AttackRun,
     StoredImageClassifier,
     load_target,
@@ -16,8 +16,8 @@ from ccc_ray.attack import (
 )
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.export.onnx_export import export_onnx
-from ccc_ray.job_config import AttackSettings
-from ccc_ray.quality import dequantize, quantize
+from ccc_ray.job import AttackSettings
+from ccc_ray.counterfeits.quality import dequantize, quantize
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from ccc_ray.classifiers.weights import fingerprint
 from ccc_ray.errors import CccError
-from ccc_ray.methods import GENERATOR_METHODS, TrainableMethod
+from ccc_ray.methods import METHODS, MethodContext, TrainedMethod
 from ccc_ray.methods.generator_file import load_generator, save_generator
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
@@ -21,6 +21,10 @@ def tiny_config(**changes):
     settings = dict(latent_dim=8, embed_dim=4, base_channels=16, batch_size=24, learning_rate=1e-2)
     settings.update(changes)
     return InversionConfig(**settings)
+
+
+def inversion(config, image_shape=SHAPE, num_classes=3, classifier=None):
+    return NetworkInversion(config, MethodContext(image_shape, num_classes, classifier))
 
 
 def band_classifier(requires_grad=False):
@@ -36,21 +40,21 @@ def band_classifier(requires_grad=False):
 
 
 def test_inversion_is_registered_and_trainable():
-    method = NetworkInversion(tiny_config(), SHAPE, 3)
-    assert GENERATOR_METHODS["inversion"] == (NetworkInversion, InversionConfig)
-    assert isinstance(method, TrainableMethod)
+    method = inversion(tiny_config(), SHAPE, 3)
+    assert METHODS["inversion"] is NetworkInversion and NetworkInversion.config_class is InversionConfig
+    assert isinstance(method, TrainedMethod) and set(method.modules()) == {"generator"}
 
 
 @pytest.mark.parametrize("image_shape", [(1, 8, 8), (3, 10, 7)])
 def test_samples_have_the_shape_and_range_of_the_data(image_shape):
-    method = NetworkInversion(tiny_config(), image_shape, 3)
+    method = inversion(tiny_config(), image_shape, 3)
     images = method.sample(torch.tensor([0, 1, 2, 1, 0]), seed=0)
     assert images.shape == (5, *image_shape) and images.dtype == torch.float32
     assert float(images.min()) >= 0 and float(images.max()) <= 1
 
 
 def test_sample_is_deterministic_per_seed():
-    method = NetworkInversion(tiny_config(), SHAPE, 3)
+    method = inversion(tiny_config(), SHAPE, 3)
     targets = torch.tensor([0, 1, 2, 0])
     first = method.sample(targets, seed=11)
     assert torch.equal(first, method.sample(targets, seed=11))
@@ -61,17 +65,17 @@ def test_sample_is_deterministic_per_seed():
 
 
 def test_sample_rejects_targets_outside_the_classes():
-    method = NetworkInversion(tiny_config(), SHAPE, 3)
-    with pytest.raises(CccError, match=r"target classes must lie in \[0, 3\)"):
+    method = inversion(tiny_config(), SHAPE, 3)
+    with pytest.raises(CccError, match=r"target class 3 is out of range: classes are 0 to 2"):
         method.sample(torch.tensor([0, 3]), seed=0)
 
 
 def test_training_steps_lower_the_loss_and_leave_the_classifier_alone():
     classifier = band_classifier(requires_grad=True)
     before = fingerprint(classifier)
-    method = NetworkInversion(tiny_config(), SHAPE, 3)
+    method = inversion(tiny_config(), SHAPE, 3, classifier)
     generator = torch.Generator().manual_seed(0)
-    history = [method.training_step(classifier, generator) for _ in range(8)]
+    history = [method.training_step(None, generator, 24) for _ in range(8)]
     assert set(history[0]) == {"kl", "ce", "cosine", "orthogonality", "pixel_cosine", "total", "confidence"}
     assert method.step == 8
     assert history[-1]["total"] < 0.6 * history[0]["total"]
@@ -81,7 +85,7 @@ def test_training_steps_lower_the_loss_and_leave_the_classifier_alone():
 
 
 def test_soft_conditioning_keeps_the_target_as_argmax():
-    method = NetworkInversion(tiny_config(conditioning="soft"), SHAPE, 5)
+    method = inversion(tiny_config(conditioning="soft"), SHAPE, 5)
     targets = torch.arange(50) % 5
     condition = method.conditioning(targets, torch.Generator().manual_seed(0))
     assert torch.equal(condition.argmax(1), targets)
@@ -91,10 +95,10 @@ def test_soft_conditioning_keeps_the_target_as_argmax():
 
 def test_state_dict_round_trip_gives_identical_samples_and_training():
     classifier = band_classifier()
-    trained = NetworkInversion(tiny_config(), SHAPE, 3)
+    trained = inversion(tiny_config(), SHAPE, 3, classifier)
     for _ in range(2):
-        trained.training_step(classifier, torch.Generator().manual_seed(1))
-    restored = NetworkInversion(tiny_config(seed=5), SHAPE, 3)
+        trained.training_step(None, torch.Generator().manual_seed(1), 24)
+    restored = inversion(tiny_config(seed=5), SHAPE, 3, classifier)
     targets = torch.tensor([0, 1, 2])
     assert not torch.allclose(restored.sample(targets, 3), trained.sample(targets, 3))
 
@@ -107,18 +111,18 @@ def test_state_dict_round_trip_gives_identical_samples_and_training():
     assert torch.equal(restored.sample(targets, 3), trained.sample(targets, 3))
     # The optimiser state came along too: one more identical step keeps them identical.
     torch.manual_seed(9)
-    loss_trained = trained.training_step(classifier, torch.Generator().manual_seed(2))
+    loss_trained = trained.training_step(None, torch.Generator().manual_seed(2), 24)
     torch.manual_seed(9)
-    loss_restored = restored.training_step(classifier, torch.Generator().manual_seed(2))
+    loss_restored = restored.training_step(None, torch.Generator().manual_seed(2), 24)
     assert loss_trained == loss_restored
     assert torch.equal(restored.sample(targets, 3), trained.sample(targets, 3))
 
 
 def test_generator_file_round_trip_keeps_lineage(tmp_path):
-    method = NetworkInversion(tiny_config(conditioning="soft"), SHAPE, 3)
-    method.training_step(band_classifier(), torch.Generator().manual_seed(0))
+    method = inversion(tiny_config(conditioning="soft"), SHAPE, 3, band_classifier())
+    method.training_step(None, torch.Generator().manual_seed(0), 24)
     path = tmp_path / "generator-inversion.safetensors"
-    save_generator(path, method, SHAPE, ["a", "b", "c"], "f" * 64)
+    save_generator(path, method, ["a", "b", "c"], "f" * 64)
 
     loaded, meta = load_generator(path)
     assert meta["classifier_sha256"] == "f" * 64

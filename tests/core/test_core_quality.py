@@ -3,7 +3,7 @@
 import torch
 
 from ccc_ray.data.digits import load_digits_arrays
-from ccc_ray.quality import dequantize, mean_pairwise_distance, nearest_distances, per_class_diversity_ratio, quantize
+from ccc_ray.counterfeits.quality import dequantize, mean_pairwise_distance, nearest_distances, per_class_diversity_ratio, quantize
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,12 @@ import torch
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import train_epoch
 from ccc_ray.errors import CccError
-from ccc_ray.methods.base import CounterfeitMethod
+from ccc_ray.methods.base import CounterfeitMethod, MethodContext
 from ccc_ray.methods.gradient_ascent import GradientAscent, GradientAscentConfig
+
+
+def ascent(config, classifier, shape, num_classes, bar=0.99):
+    return GradientAscent(config, MethodContext(shape, num_classes, classifier, "cpu", bar))
 
 torch.set_num_threads(1)  # tiny tensors: more threads only contend with other processes
 
@@ -33,10 +37,10 @@ def confidences(model, images, targets):
 
 
 def test_reaches_the_threshold_for_all_ten_classes_in_one_batch(classifier):
-    method = GradientAscent(GradientAscentConfig(), classifier, SHAPE, 10)
-    result = method.run(ALL, seed=0)
-    assert result.fooled.all(), result.steps_to_threshold
-    assert (result.steps_to_threshold <= 300).all()
+    method = ascent(GradientAscentConfig(), classifier, SHAPE, 10)
+    result = method.search(ALL, seed=0)
+    assert result.fooled.all(), result.steps_to_bar
+    assert (result.steps_to_bar <= 300).all()
     assert result.images.shape == (10, *SHAPE) and result.images.dtype == torch.float32
     assert result.images.min() >= 0 and result.images.max() <= 1
     assert (result.confidences >= 0.99).all()
@@ -44,21 +48,21 @@ def test_reaches_the_threshold_for_all_ten_classes_in_one_batch(classifier):
 
 
 def test_each_image_stops_at_the_first_step_past_the_threshold(classifier):
-    method = GradientAscent(GradientAscentConfig(), classifier, SHAPE, 10)
-    steps = method.run(ALL, seed=0).steps_to_threshold
+    method = ascent(GradientAscentConfig(), classifier, SHAPE, 10)
+    steps = method.search(ALL, seed=0).steps_to_bar
     slowest = int(steps.argmax())
     # Rows do not interact (eval mode, per-image loss), so one step fewer leaves the slowest one short.
-    short = GradientAscent(GradientAscentConfig(steps=int(steps.max()) - 1), classifier, SHAPE, 10).run(ALL, seed=0)
-    assert short.steps_to_threshold[slowest] == -1 and short.confidences[slowest] < 0.99
-    assert torch.equal(short.steps_to_threshold[steps < steps.max()], steps[steps < steps.max()])
+    short = ascent(GradientAscentConfig(steps=int(steps.max()) - 1), classifier, SHAPE, 10).search(ALL, seed=0)
+    assert short.steps_to_bar[slowest] == -1 and short.confidences[slowest] < 0.99
+    assert torch.equal(short.steps_to_bar[steps < steps.max()], steps[steps < steps.max()])
 
 
 @pytest.mark.parametrize("overrides", [{"parameterization": "sigmoid"}, {"objective": "log_probability"},
                                        {"start": "gray", "l2_weight": 0.0}])
 def test_other_settings_raise_the_confidence_and_keep_pixels_in_range(classifier, overrides):
     config = GradientAscentConfig(steps=60, **overrides)
-    result = GradientAscent(config, classifier, SHAPE, 10).run(ALL, seed=0)
-    start = GradientAscent(GradientAscentConfig(steps=0, **overrides), classifier, SHAPE, 10).run(ALL, seed=0)
+    result = ascent(config, classifier, SHAPE, 10).search(ALL, seed=0)
+    start = ascent(GradientAscentConfig(steps=0, **overrides), classifier, SHAPE, 10).search(ALL, seed=0)
     assert (result.confidences > start.confidences).all() or result.fooled.all()
     assert result.fooled.float().mean() >= 0.8
     assert result.images.min() >= 0 and result.images.max() <= 1
@@ -66,27 +70,27 @@ def test_other_settings_raise_the_confidence_and_keep_pixels_in_range(classifier
 
 def test_the_l2_penalty_keeps_images_closer_to_grey(classifier):
     def distance(l2_weight):
-        config = GradientAscentConfig(steps=40, threshold=1.0, l2_weight=l2_weight)  # never stops early
-        images = GradientAscent(config, classifier, SHAPE, 10).run(ALL, seed=0).images
+        config = GradientAscentConfig(steps=40, l2_weight=l2_weight)
+        images = ascent(config, classifier, SHAPE, 10, bar=1.0).search(ALL, seed=0).images  # never stops early
         return float((images - 0.5).pow(2).sum())
 
     assert distance(0.1) < 0.8 * distance(0.0)
 
 
 def test_same_seed_same_images_and_noise_start_depends_on_the_seed(classifier):
-    method = GradientAscent(GradientAscentConfig(), classifier, SHAPE, 10)
+    method = ascent(GradientAscentConfig(), classifier, SHAPE, 10)
     assert isinstance(method, CounterfeitMethod) and method.name == "gradient_ascent"
     targets = torch.tensor([2, 2, 7])
     assert torch.equal(method.sample(targets, seed=5), method.sample(targets, seed=5))
     assert not torch.equal(method.sample(targets, seed=5), method.sample(targets, seed=6))
-    grey = GradientAscent(GradientAscentConfig(start="gray"), classifier, SHAPE, 10)
+    grey = ascent(GradientAscentConfig(start="gray"), classifier, SHAPE, 10)
     assert torch.equal(grey.sample(targets, seed=5), grey.sample(targets, seed=6))  # nothing random
 
 
 def test_leaves_the_classifier_untouched(classifier):
     classifier.zero_grad(set_to_none=True)  # training left the last batch's gradients
     before = {name: p.clone() for name, p in classifier.state_dict().items()}
-    GradientAscent(GradientAscentConfig(steps=5), classifier, SHAPE, 10).run(ALL, seed=0)
+    ascent(GradientAscentConfig(steps=5), classifier, SHAPE, 10).search(ALL, seed=0)
     assert all(p.grad is None for p in classifier.parameters())
     assert all(torch.equal(before[name], p) for name, p in classifier.state_dict().items())
     assert not classifier.training
@@ -98,14 +102,14 @@ def test_a_black_box_classifier_is_refused(classifier, tmp_path):
 
     export_onnx(classifier, tmp_path / "digits.onnx", [str(k) for k in range(10)], SHAPE)
     with pytest.raises(CccError, match="no gradient"):
-        GradientAscent(GradientAscentConfig(), OnnxClassifier(tmp_path / "digits.onnx", num_threads=1), SHAPE, 10)
+        ascent(GradientAscentConfig(), OnnxClassifier(tmp_path / "digits.onnx", num_threads=1), SHAPE, 10)
 
 
 def test_a_classifier_that_does_not_fit_is_refused(classifier):
     with pytest.raises(CccError, match="outputs 10 classes, expected num_classes=3"):
-        GradientAscent(GradientAscentConfig(), classifier, SHAPE, 3)
+        ascent(GradientAscentConfig(), classifier, SHAPE, 3)
     with pytest.raises(CccError, match="does not accept images of shape 1x16x16"):
-        GradientAscent(GradientAscentConfig(), classifier, (1, 16, 16), 10)
+        ascent(GradientAscentConfig(), classifier, (1, 16, 16), 10)
 
 
 @pytest.mark.parametrize("targets, message", [(torch.tensor([10]), "target class 10 is out of range"),
@@ -113,12 +117,12 @@ def test_a_classifier_that_does_not_fit_is_refused(classifier):
                                               (torch.zeros(2, 2, dtype=torch.int64), "1-D")])
 def test_bad_targets_are_refused(classifier, targets, message):
     with pytest.raises(CccError, match=message):
-        GradientAscent(GradientAscentConfig(), classifier, SHAPE, 10).run(targets, seed=0)
+        ascent(GradientAscentConfig(), classifier, SHAPE, 10).search(targets, seed=0)
 
 
 @pytest.mark.parametrize("field, value", [("l2_weight", -0.1), ("steps", -1), ("learning_rate", 0.0),
-                                          ("threshold", 0.0), ("noise_std", -1.0), ("objective", "margin"),
+                                          ("noise_std", -1.0), ("objective", "margin"),
                                           ("parameterization", "tanh"), ("start", "data")])
 def test_bad_config_names_the_field(classifier, field, value):
     with pytest.raises(CccError, match=field):
-        GradientAscent(GradientAscentConfig(**{field: value}), classifier, SHAPE, 10)
+        ascent(GradientAscentConfig(**{field: value}), classifier, SHAPE, 10)

@@ -5,10 +5,10 @@ from torch import nn
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import train_epoch
 from ccc_ray.errors import CccError
-from ccc_ray.methods.base import CounterfeitMethod
+from ccc_ray.methods.base import CounterfeitMethod, MethodContext
 from ccc_ray.methods.cppn import Cppn, CppnConfig
-from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
-from ccc_ray.methods.map_elites import FoolingEvolution, MapElites, MapElitesConfig
+from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig, DirectEncodingEvolution
+from ccc_ray.methods.map_elites import MapElites, MapElitesConfig
 
 torch.set_num_threads(1)  # tiny tensors: more threads only contend with other processes
 
@@ -134,7 +134,7 @@ def test_runs_black_box_on_an_onnx_classifier(classifier, tmp_path):
 
 
 def test_sample_gives_one_counterfeit_per_target_from_independent_runs(classifier):
-    method = FoolingEvolution(DirectEncoding(DirectEncodingConfig(), SHAPE), BUDGET, classifier, 10)
+    method = evolution(classifier)
     assert isinstance(method, CounterfeitMethod) and method.name == "direct_encoding"
     targets = torch.tensor([3, 8, 3])
     images = method.sample(targets, seed=0)
@@ -157,6 +157,12 @@ def test_a_classifier_in_training_mode_is_scored_in_eval_mode_and_left_as_it_was
     torch.testing.assert_close(scored[torch.arange(10), torch.arange(10)], result.confidences)
 
 
+def evolution(classifier, shape=SHAPE):
+    """The direct-encoding method with the test budget."""
+    config = DirectEncodingConfig(population_size=BUDGET.population_size, max_generations=BUDGET.max_generations)
+    return DirectEncodingEvolution(config, MethodContext(shape, 10, classifier, "cpu", BUDGET.threshold))
+
+
 @pytest.mark.parametrize("field, value", [("population_size", 1), ("max_generations", -1),
                                           ("threshold", 0.0), ("threshold", 1.5)])
 def test_bad_config_names_the_field(field, value):
@@ -175,14 +181,13 @@ def test_a_classifier_that_does_not_fit_is_refused(classifier):
     with pytest.raises(CccError, match="num_classes"):
         search.run(classifier, 0, seed=0)
     with pytest.raises(CccError, match="does not accept"):
-        FoolingEvolution(DirectEncoding(DirectEncodingConfig(), (1, 16, 16)), MapElitesConfig(),
-                         nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 10)
+        evolution(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 16, 16)).search(torch.tensor([0]), 0)
 
 
 @pytest.mark.parametrize("targets, message", [(torch.tensor([0, 10]), "target class 10 is out of range"),
                                               (torch.tensor([-1]), "target class -1 is out of range"),
                                               (torch.tensor([1.0]), "class indices")])
 def test_bad_targets_are_refused(classifier, targets, message):
-    method = FoolingEvolution(DirectEncoding(DirectEncodingConfig(), SHAPE), BUDGET, classifier, 10)
+    method = evolution(classifier)
     with pytest.raises(CccError, match=message):
         method.sample(targets, seed=0)

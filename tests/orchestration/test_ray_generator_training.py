@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ccc_ray.config import load_config
-from ccc_ray.job_config import JobConfig
-from ccc_ray.stages import run_generate, run_train_generator
+from ccc_ray.job import JobConfig
+from ccc_ray.orchestration.stages import run_generate, run_train_generator
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import yaml
 
 from ccc_ray.cli import build_parser
 from ccc_ray.config import load_config, overrides_from_args
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ import pytest
 
 from ccc_ray.config import load_config
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import JobConfig
-from ccc_ray.stages import run_generate
+from ccc_ray.job import JobConfig
+from ccc_ray.orchestration.stages import run_generate
 from ccc_ray.store import read_store
 
 pytestmark = pytest.mark.slow

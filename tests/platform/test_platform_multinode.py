@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from ccc_ray.config import load_config
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 
 pytestmark = pytest.mark.slow
 BUCKET = "ccc-platform"

@@ -86,24 +86,24 @@ def test_uri_with_endpoint_in_the_query(s3_server, s3_keys, monkeypatch):
 
 
 def test_missing_bucket_is_one_clear_error(s3_server):
-    with pytest.raises(CccError, match=r"run.store_path: cannot write to 's3://no-such-bucket-ccc/x'"):
+    with pytest.raises(CccError, match=r"run.counterfeit_store: cannot write to 's3://no-such-bucket-ccc/x'"):
         CounterfeitWriter("s3://no-such-bucket-ccc/x", "inversion", "run-1", {}, NAMES)
     with pytest.raises(CccError, match="does not exist"):
         read_store(f"s3://{BUCKET}/nothing-here")
 
 
 def test_unknown_scheme_is_one_clear_error():
-    with pytest.raises(CccError, match=r"run.store_path: cannot open 'nosuch://x/y'.*s3://, gs://"):
-        ensure_writable_dir("nosuch://x/y", "run.store_path")
+    with pytest.raises(CccError, match=r"run.counterfeit_store: cannot open 'nosuch://x/y'.*s3://, gs://"):
+        ensure_writable_dir("nosuch://x/y", "run.counterfeit_store")
 
 
 def test_generate_writes_its_store_to_s3(s3_server, s3_keys, tmp_path, capsys, digits_classifier_file,
                                          digits_generator_file):
-    """The real `ccc-ray generate` with `--run.store_path s3://...`; the file opens with pyarrow and Ray Data."""
+    """The real `ccc-ray generate` with `--run.counterfeit_store s3://...`; the file opens with pyarrow and Ray Data."""
     store = f"s3://{BUCKET}/generate/counterfeits"
     code = main(["generate", "--run.output_dir", str(tmp_path), "--run.run_id", "s3run",
                  "--run.classifier_path", str(digits_classifier_file),
-                 "--run.generator_path", str(digits_generator_file), "--run.store_path", store,
+                 "--run.generator_path", str(digits_generator_file), "--run.counterfeit_store", store,
                  "--generate.per_class", "4", "--generate.threshold", "0.05"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

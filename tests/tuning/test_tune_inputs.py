@@ -6,7 +6,7 @@ import pytest
 
 from ccc_ray import cli
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig
 from ccc_ray.tuning.objective import objective_parts
 from ccc_ray.tuning.search_space import (
     apply_overrides,

@@ -1,7 +1,8 @@
-"""Sample counterfeits, quantize them as stored, re-score the stored images, keep the confident ones, write Parquet.
+"""Sample counterfeits from a trained method, judge them by the keep rule (`keep.py`), write Parquet.
 
 Confidence is measured on the uint8 image that is written, not the float output of the generator, so
-every stored row is a counterfeit at the stated confidence when read back.
+every stored row is a counterfeit at the stated confidence when read back. Methods that start from a
+real or substrate image, or make an edit mask, store its `source_id` and `mask` beside the image.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from ccc_ray.classifiers.training import predict_logits
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
-from ccc_ray.quality import (
+from ccc_ray.counterfeits.keep import score_as_stored
+from ccc_ray.counterfeits.quality import (
     dequantize,
     nearest_distances,
     per_class_diversity_ratio,
@@ -61,16 +62,14 @@ class GenerateReport:
 
 
 def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: ImageDataset, *, store_dir: Path | str,
-                          run_id: str, per_class: int, threshold: float, seed: int, batch_size: int,
+                          run_id: str, per_class: int, confidence_bar: float, seed: int, batch_size: int,
                           run_metadata: dict, device: torch.device | str = "cpu",
                           progress: bool = True) -> GenerateReport:
-    """Sample `per_class` images per class, keep those at >= `threshold`, stream them into the store.
+    """Sample `per_class` images per class, keep those the keep rule keeps, stream them into the store.
 
     `store_dir` is a local folder or a storage URI (s3://, gs://, ...). Memory is one batch, a fixed
     diversity sample per class and 4 bytes per row (the distance figure), whatever the number of rows.
     """
-    if not 0 < threshold <= 1:
-        raise CccError(f"generate.threshold: must lie in (0, 1], got {threshold}")
     k = dataset.num_classes
     targets_all = torch.arange(k).repeat_interleave(per_class)
     kept_per_class = np.zeros(k, dtype=np.int64)
@@ -80,17 +79,17 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
             tqdm(total=len(targets_all), desc="generate", unit="img", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, len(targets_all), batch_size)):
             targets = targets_all[start:start + batch_size]
-            stored = quantize(method.sample(targets, seed * 100_003 + chunk).cpu())
-            images = dequantize(stored)
-            probabilities = torch.softmax(predict_logits(classifier, images, device), dim=1)
-            confidence = probabilities.gather(1, targets[:, None]).squeeze(1)
-            keep = confidence >= threshold
+            sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
+            scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
+            keep = scored.kept
+            images, stored = scored.images, scored.stored
             distances = nearest_distances(images[keep], dataset.train_images)
             index = torch.arange(start, start + len(targets))[keep]
             writer.write(counterfeit_batch(
-                stored[keep].permute(0, 2, 3, 1).numpy(), targets[keep].numpy(),
-                probabilities[keep].argmax(1).numpy(), confidence[keep].numpy(), distances.numpy(), index.numpy(),
-                run_id=run_id, method=method.name, classifier_sha256=classifier_sha256, seed=seed))
+                stored[keep].permute(0, 2, 3, 1).numpy(), targets[keep].numpy(), scored.predicted[keep].numpy(),
+                scored.confidence[keep].numpy(), distances.numpy(), index.numpy(),
+                run_id=run_id, method=method.name, classifier_sha256=classifier_sha256, seed=seed,
+                **lineage_columns(sampled, keep)))
             # The diversity figure needs only a bounded sample per class, kept as the stored uint8 images:
             # memory stays flat at any row count (at most DIVERSITY_SAMPLE_PER_CLASS images per class).
             kept_now = targets[keep].numpy()
@@ -106,8 +105,8 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
                 return_freed_memory()
                 since_trim = 0
         if not kept_per_class.any():  # raising inside the writer's block aborts it: no empty store file
-            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {threshold}; "
-                           "train the generator longer (--generator.steps) or lower --generate.threshold")
+            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {confidence_bar}; "
+                           f"train the generator longer (--{method.name}.steps) or lower --keep.confidence_bar")
     kept = dequantize(torch.cat(kept_images))
     kept_t = torch.cat(kept_targets)
     distances = torch.cat(kept_distances)
@@ -119,6 +118,16 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
         test_mean_nearest_train_l2=test_distance,
         diversity_ratio_per_class=per_class_diversity_ratio(kept, kept_t, dataset.test_images,
                                                             dataset.test_labels, k))
+
+
+def lineage_columns(sampled, keep: torch.Tensor) -> dict:
+    """The store's optional lineage columns for the kept rows: source ids and masks, where the method has them."""
+    columns = {}
+    if sampled.source_ids is not None:
+        columns["source_ids"] = [sampled.source_ids[i] for i in torch.nonzero(keep).flatten().tolist()]
+    if sampled.masks is not None:
+        columns["masks"] = quantize(sampled.masks[keep.to(sampled.masks.device)].cpu()).numpy()
+    return columns
 
 
 def return_freed_memory() -> None:

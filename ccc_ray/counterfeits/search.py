@@ -1,14 +1,16 @@
-"""Attack a fixed classifier with the search methods: the parts of `ccc-ray attack` that need no Ray.
+"""Search counterfeits against a fixed classifier with the search methods: the parts of `ccc-ray attack`
+that need no Ray.
 
-The methods are MAP-Elites evolution with a direct or CPPN encoding (`ccc_ray.methods.map_elites`; black
-box, so the classifier may be a torch module or an ONNX model) and gradient ascent (white box, torch only).
-An attack is split into independent *runs* (`AttackRun`): one MAP-Elites run, or one gradient-ascent
-batch, with its own seed, serving a group of target classes and giving one counterfeit per class. Runs
-are what Ray spreads over its workers (`ccc_ray.orchestration.attack`); each is reproducible on its own,
-so the counterfeits do not depend on how many workers ran them.
+Any registered method of kind "search" serves (MAP-Elites with a direct or CPPN encoding: black box, so
+the classifier may be a torch module or an ONNX model; gradient ascent: white box, torch only). An attack
+is split into independent *runs* (`AttackRun`): one `method.search` call with its own seed, serving a
+group of target classes and giving one counterfeit per class. Runs are what Ray spreads over its actors
+(`ccc_ray.orchestration.search_actors`); each is reproducible on its own, so the counterfeits do not
+depend on how many actors ran them.
 
-Every search scores the image as the store keeps it (uint8; see `StoredImageClassifier`), so a champion
-that reaches the threshold still has it when read back.
+Every search scores the image as the store keeps it (uint8; see `StoredImageClassifier`), and the rows
+written are judged by the keep rule (`keep.py`), so a champion that reaches the bar still has it when
+read back.
 
 Contract: images are float32 N x C x H x W in [0, 1] in the searches and uint8 N x H x W x C once stored;
 a classifier maps images to N x K logits, or N x (K + 1) for a hardened model with a reject class (the
@@ -29,14 +31,11 @@ import numpy as np
 import torch
 
 from ccc_ray.classifiers.inference import prepare_for_attack
+from ccc_ray.counterfeits.keep import score_as_stored
+from ccc_ray.counterfeits.quality import dequantize, nearest_distances, quantize
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import AttackSettings
-from ccc_ray.methods import EVOLUTION_ENCODINGS
-from ccc_ray.methods.base import ClassifierFn
-from ccc_ray.methods.gradient_ascent import GradientAscent
-from ccc_ray.methods.map_elites import MapElites, MapElitesConfig
-from ccc_ray.quality import dequantize, nearest_distances, quantize
+from ccc_ray.methods import METHODS, ClassifierFn, MethodContext, SearchMethod
 from ccc_ray.store.files import atomic_write_bytes
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
 
@@ -70,9 +69,10 @@ def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: Ima
         return target, prepare_for_attack(model)
     from ccc_ray.export.onnx_runtime import OnnxClassifier
 
-    if method not in EVOLUTION_ENCODINGS:
+    if not METHODS[method].black_box:
+        black_box = [name for name, cls in METHODS.items() if cls.kind == "search" and cls.black_box]
         raise CccError(f"attack.onnx_path: {method} needs gradients and an ONNX model is a black box; "
-                       f"attack it with {' or '.join(EVOLUTION_ENCODINGS)}")
+                       f"attack it with {' or '.join(black_box)}")
     if not Path(onnx_path).is_file():
         raise CccError(f"attack.onnx_path: ONNX model {onnx_path!r} does not exist")
     model = OnnxClassifier(onnx_path, spin_wait=False)
@@ -170,30 +170,23 @@ class RunResult:
     seconds: float
 
 
-def run_search(settings: AttackSettings, classifier_fn: ClassifierFn, num_outputs: int, image_shape: tuple[int, int, int],
-               run: AttackRun, device: torch.device | str = "cpu") -> RunResult:
-    """One run of `settings.method` against `classifier_fn`, judged on the stored images."""
+def build_search(method_class: type[SearchMethod], config, classifier_fn: ClassifierFn, num_outputs: int,
+                 image_shape: tuple[int, int, int], confidence_bar: float,
+                 device: torch.device | str = "cpu") -> SearchMethod:
+    """The search method against the classifier as the store sees it (uint8), over all `num_outputs` niches."""
+    context = MethodContext(image_shape, num_outputs, StoredImageClassifier(classifier_fn), device, confidence_bar)
+    return method_class(config, context)
+
+
+def search_run(method: SearchMethod, run: AttackRun) -> RunResult:
+    """One run of `method`: one counterfeit per class of the run, judged on the stored images."""
     start = time.perf_counter()
-    scorer = StoredImageClassifier(classifier_fn)
-    classes = torch.tensor(run.classes, dtype=torch.int64, device=device)
-    if settings.method in EVOLUTION_ENCODINGS:
-        encoding_class, _ = EVOLUTION_ENCODINGS[settings.method]
-        encoding = encoding_class(getattr(settings, settings.method), image_shape, device)
-        config = MapElitesConfig(population_size=settings.population_size, max_generations=settings.max_generations,
-                                 threshold=settings.threshold)
-        result = MapElites(config, encoding).run(scorer, num_outputs, run.seed, stop_classes=classes)
-        images, confidences = result.images[classes], result.confidences[classes]
-        generations, evaluations = result.generations_to_threshold[classes], result.evaluations_to_threshold[classes]
-        total = result.evaluations
-    else:
-        config = dataclasses.replace(settings.gradient_ascent, threshold=settings.threshold)
-        result = GradientAscent(config, scorer, image_shape, num_outputs, device).run(classes, run.seed)
-        images, confidences, generations = result.images, result.confidences, result.steps_to_threshold
-        evaluations = torch.where(generations >= 0, generations + 1, generations)
-        total = len(classes) * (int(generations.max()) + 1 if (generations >= 0).all() else config.steps + 1)
-    return RunResult(run, quantize(images.detach().cpu()).permute(0, 2, 3, 1).contiguous().numpy(),
-                     confidences.detach().cpu().numpy().astype(np.float32), generations.cpu().numpy(),
-                     evaluations.cpu().numpy(), int(total), time.perf_counter() - start)
+    classes = torch.tensor(run.classes, dtype=torch.int64, device=method.device)
+    result = method.search(classes, run.seed)
+    return RunResult(run, quantize(result.images.detach().cpu()).permute(0, 2, 3, 1).contiguous().numpy(),
+                     result.confidences.detach().cpu().numpy().astype(np.float32), result.steps_to_bar.cpu().numpy(),
+                     result.evaluations_to_bar.cpu().numpy(), int(result.total_evaluations),
+                     time.perf_counter() - start)
 
 
 # ---- the store --------------------------------------------------------------------------------------------
@@ -225,9 +218,9 @@ class AttackReport:
 
 
 def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, target: AttackTarget,
-                       dataset: ImageDataset, *, method: str, threshold: float, store_dir: Path | str, run_id: str,
-                       run_metadata: dict, wall_seconds: float) -> AttackReport:
-    """Re-score every run's stored images with `classifier_fn`, keep those >= `threshold`, write one store file.
+                       dataset: ImageDataset, *, method: str, confidence_bar: float, store_dir: Path | str,
+                       run_id: str, run_metadata: dict, wall_seconds: float) -> AttackReport:
+    """Judge every run's stored images by the keep rule against `classifier_fn`, write the kept to one store file.
 
     Row ids follow (run id, method, run seed, repetition x K + class), so re-running the same attack
     replaces its file with the same rows.
@@ -246,22 +239,20 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
         for result in results:
             stored = torch.from_numpy(result.images.copy()).permute(0, 3, 1, 2)  # Ray hands back read-only arrays
             targets = torch.tensor(result.run.classes, dtype=torch.int64)
-            with torch.no_grad():
-                probabilities = torch.softmax(classifier_fn(dequantize(stored)).float().cpu(), dim=1)
-            confidence = probabilities[torch.arange(len(targets)), targets]
-            keep = confidence >= threshold
+            scored = score_as_stored(stored, targets, classifier_fn, confidence_bar, "cpu")
+            keep, confidence = scored.kept, scored.confidence
             near = nearest_distances(dequantize(stored[keep]), dataset.train_images)
             distances.append(near)
             for c in targets[keep].tolist():
                 kept_per_class[c] += 1
             writer.write(counterfeit_batch(
-                result.images[keep.numpy()], targets[keep].numpy(), probabilities[keep].argmax(1).numpy(),
+                result.images[keep.numpy()], targets[keep].numpy(), scored.predicted[keep].numpy(),
                 confidence[keep].numpy(), near.numpy(), (result.run.repetition * k + targets[keep]).numpy(),
                 run_id=run_id, method=method, classifier_sha256=target.sha256, seed=result.run.seed))
         if not writer.rows:  # raising inside the writer's block aborts it: no empty store file
-            raise CccError(f"attack: none of {len(results)} {method} run(s) reached confidence {threshold} on any "
-                           "class; raise --attack.max_generations (evolution) or "
-                           "--attack.gradient_ascent.steps, or lower --attack.threshold")
+            raise CccError(f"attack: none of {len(results)} {method} run(s) reached confidence {confidence_bar} on "
+                           f"any class; give the search more budget (--{method}.max_generations for evolution, "
+                           f"--{method}.steps for gradient ascent) or lower --keep.confidence_bar")
     near = torch.cat(distances)
     return AttackReport(
         method=method, store_file=str(writer.path), runs=len(results), kept=writer.rows,
@@ -279,6 +270,6 @@ def write_report(report: AttackReport, path: Path) -> None:
 def summary_line(report: AttackReport) -> str:
     fooled = {c: sum(g >= 0 for g in gens) for c, gens in report.generations_to_threshold.items()}
     return (f"{report.method}: kept {report.kept} counterfeits from {report.runs} run(s) "
-            f"({sum(fooled.values())} class searches reached the threshold), {report.total_evaluations} "
+            f"({sum(fooled.values())} class searches reached the confidence bar), {report.total_evaluations} "
             f"classifier evaluations, {report.wall_seconds:.1f} s, {report.counterfeits_per_second:.2f} "
             f"counterfeits/s; store {report.store_file}")

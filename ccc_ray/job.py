@@ -1,0 +1,245 @@
+"""The job schema: every section in one typed tree, shared by all subcommands, Ray workers and Tune trials.
+
+One YAML shape serves every stage, so a file written by one stage or by a Tune search is accepted
+unchanged by the others. Besides the fixed sections, every registered method has a section of its own,
+named after it (`inversion:`, `direct_encoding:`, ... in YAML; `--inversion.steps` on the command line):
+`JobConfig.methods` holds them, and a method added to the registry gets its section with no change here.
+"""
+
+from __future__ import annotations
+
+import os
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ccc_ray.classifiers.build import ClassifierConfig
+from ccc_ray.config import config_from_dict, option, read_yaml, validate_config
+from ccc_ray.counterfeits.keep import KeepRule
+from ccc_ray.data.sources import DataConfig
+from ccc_ray.errors import CccError
+from ccc_ray.methods import METHODS, method_class
+from ccc_ray.store.writer import check_name
+from ccc_ray.tuning.settings import TuneSettings
+
+
+@dataclass
+class RunSettings:
+    run_id: str = option("default", "name of this run: outputs go to output_dir/run_id; the same id resumes")
+    output_dir: str = option("ccc-runs", "folder for classifier, generator, counterfeits and reports")
+    storage_path: str | None = option(None, "Ray's storage for Train checkpoints and Tune trials, reachable by "
+                                            "every node (default: output_dir/run_id/ray; NFS or s3:// on clusters)")
+    classifier_path: str | None = option(None, "classifier file (default: output_dir/run_id/classifier.safetensors)")
+    generator_path: str | None = option(None, "generator file (default: output_dir/run_id/generator-<method>.safetensors)")
+    counterfeit_store: str | None = option(None, "Parquet counterfeit store folder or URI, e.g. s3://bucket/prefix "
+                                          "(default: output_dir/run_id/counterfeits)")
+    num_workers: int = option(1, "Ray Train workers (data-parallel); one is right for small data", ge=1)
+    use_gpu: bool | None = option(None, "train on GPUs: true, false, or none = when the cluster has GPUs")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per Ray Train worker", gt=0)
+    checkpoint_every: int = option(100, "trained methods: checkpoint every N steps (the classifier checkpoints "
+                                        "every epoch)", ge=1)
+    max_failures: int = option(0, "worker failures Ray Train recovers from (restoring the last checkpoint); "
+                                  "-1 = unlimited", ge=-1)
+
+    def validate(self) -> None:
+        check_name(self.run_id, "run.run_id")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).absolute() / self.run_id
+
+    @property
+    def classifier_file(self) -> Path:
+        return Path(self.classifier_path).absolute() if self.classifier_path else self.run_dir / "classifier.safetensors"
+
+    def generator_file(self, method: str) -> Path:
+        return Path(self.generator_path).absolute() if self.generator_path else self.run_dir / f"generator-{method}.safetensors"
+
+    @property
+    def store_dir(self) -> Path | str:
+        """The counterfeit store folder; a URI (s3://, gs://, ...) is kept as it is."""
+        if self.counterfeit_store and "://" in self.counterfeit_store:
+            return self.counterfeit_store
+        return Path(self.counterfeit_store).absolute() if self.counterfeit_store else self.run_dir / "counterfeits"
+
+    @property
+    def ray_storage(self) -> str:
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path
+        return os.fspath(Path(self.storage_path).absolute() if self.storage_path else self.run_dir / "ray")
+
+
+@dataclass
+class GenerateSettings:
+    method: str = option("inversion", "the trained method (generator or joint) whose generator samples "
+                                      "counterfeits; `ccc-ray methods` lists them")
+    per_class: int = option(100, "counterfeits sampled per class", ge=1)
+    seed: int = option(1, "seed of the latent draws")
+    batch_size: int = option(1000, "images sampled and scored per batch (bounds memory)", ge=1)
+
+    def validate(self) -> None:
+        method_class(self.method, "generate.method", kinds=("generator", "joint"))
+
+
+@dataclass
+class HardenSettings:
+    mode: Literal["reject", "oe"] = option("reject", "reject: a (K+1)-th 'none of these' class for counterfeits; "
+                                                     "oe: outlier exposure, uniform softmax on counterfeits")
+    stores: list[str] = option([], "counterfeit stores (Parquet files or folders) to pool; default: this run's store")
+    rounds: int = option(1, "attack -> harden -> re-attack rounds; each round pools the counterfeits of all before",
+                         ge=1)
+    epochs: int = option(10, "fine-tuning epochs per round (from the baseline classifier)", ge=1)
+    learning_rate: float = option(5e-4, "Adam learning rate of the fine-tuning", gt=0)
+    batch_size: int = option(128, "in-distribution images per step (summed over workers)", ge=2)
+    outlier_weight: float = option(0.5, "oe: weight (lambda) of the uniform cross-entropy on counterfeits", ge=0)
+    noise_images: int = option(500, "reject: noise images that seed the reject class next to the counterfeits", ge=0)
+    eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
+                                  gt=0, lt=1)
+    split_seed: int = option(0, "seed of the train/evaluation split of counterfeit rows")
+    ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
+                                    "for reject, max_softmax for oe), max_softmax, max_logit, negative_energy, "
+                                    "not_reject")
+    reattack_steps: int | None = option(None, "generator steps of each re-attack (default: the method's steps)",
+                                        ge=1)
+    real_ood_per_set: int = option(500, "images per real OOD set in the evaluation", ge=10)
+    seed: int = option(0, "seed of fine-tuning and noise images")
+
+    def validate(self) -> None:
+        from ccc_ray.ood.scores import OOD_SCORES
+
+        if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
+            raise CccError(f"harden.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
+        if self.ood_score == "not_reject" and self.mode != "reject":
+            raise CccError("harden.ood_score: not_reject needs harden.mode reject")
+
+    @property
+    def score(self) -> str:
+        if self.ood_score != "auto":
+            return self.ood_score
+        return "not_reject" if self.mode == "reject" else "max_softmax"
+
+
+@dataclass
+class AttackSettings:
+    method: str = option("direct_encoding", "search method: direct_encoding or cppn (MAP-Elites evolution, black "
+                                            "box: torch or ONNX), gradient_ascent (white box: torch only); "
+                                            "its settings are the section of the same name")
+    onnx_path: str | None = option(None, "attack this ONNX model (black box) instead of run.classifier_path")
+    per_class: int = option(1, "counterfeits per target class, each from its own independently seeded run", ge=1)
+    targets: list[int] = option([], "target classes, e.g. 0,3,7 (default: every class)", ge=0)
+    class_groups: int = option(1, "split the targets into this many groups, each searched by its own run "
+                                  "(at most one per target: more, smaller runs for Ray to spread; each stops "
+                                  "once its classes are fooled)", ge=1)
+    seed: int = option(1, "seed of the attack; every run's seed is drawn from it")
+    num_tasks: int = option(0, "Ray actors the runs are spread over, each loading the classifier once; "
+                               "0 = one per run, at most one per cluster CPU (GPU with run.use_gpu)", ge=0)
+    cpus_per_task: float = option(1.0, "CPUs reserved per actor; its torch / onnxruntime threads", gt=0)
+
+    def validate(self) -> None:
+        method_class(self.method, "attack.method", kinds=("search",))
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    keep: KeepRule = field(default_factory=KeepRule)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    harden: HardenSettings = field(default_factory=HardenSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    methods: dict[str, Any] = field(default_factory=dict)  # method name -> its config (one section each)
+
+    def method_config(self, name: str):
+        """The settings of method `name`: its section, or the method's defaults if the job has none."""
+        config = self.methods.get(name)
+        return config if config is not None else method_class(name).config_class()
+
+    def with_method_config(self, name: str, config) -> "JobConfig":
+        return dataclasses.replace(self, methods={**self.methods, name: config})
+
+
+FIXED_SECTIONS = tuple(f.name for f in dataclasses.fields(JobConfig) if f.name != "methods")
+
+
+def section_classes() -> dict[str, type]:
+    """Every section name the job accepts, fixed and per method, with its config class."""
+    hints = {f.name: f.default_factory for f in dataclasses.fields(JobConfig) if f.name != "methods"}
+    return {**hints, **{name: cls.config_class for name, cls in METHODS.items()}}
+
+
+def _check_keys(section: str, values: Any) -> None:
+    """Refuse a setting that is not in `section`, naming the section(s) it does belong to."""
+    classes = section_classes()
+    if not isinstance(values, dict):
+        raise CccError(f"{section}: expected a mapping of settings, got {values!r}")
+    own = {f.name for f in dataclasses.fields(classes[section])}
+    for key in values:
+        if key in own:
+            continue
+        owners = [name for name, cls in classes.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        if owners:
+            raise CccError(f"{section}.{key}: {section} has no setting {key!r}; it belongs to section "
+                           f"{' and '.join(owners)} (--{owners[0]}.{key})")
+        raise CccError(f"{section}: unknown setting {key!r}; known settings are {', '.join(sorted(own))}")
+
+
+def job_from_tree(tree: dict[str, Any]) -> JobConfig:
+    """A JobConfig from nested YAML-shaped values: fixed sections plus one section per method; not validated."""
+    classes = section_classes()
+    unknown = sorted(set(tree) - set(classes))
+    if unknown:
+        raise CccError(f"config: unknown section {unknown[0]!r}; sections are {', '.join(FIXED_SECTIONS)} and one "
+                       f"per method ({', '.join(METHODS)}); `ccc-ray methods` lists the methods")
+    for section, values in tree.items():
+        _check_keys(section, values if values is not None else {})
+    fixed = {name: values or {} for name, values in tree.items() if name in FIXED_SECTIONS}
+    job = config_from_dict(JobConfig, fixed)
+    job.methods = {name: config_from_dict(cls.config_class, tree.get(name) or {}, name)
+                   for name, cls in METHODS.items()}
+    return job
+
+
+def job_to_tree(job: JobConfig, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The YAML shape of `job` (optionally only `sections`): fixed sections, then one per method."""
+    tree = {name: dataclasses.asdict(getattr(job, name)) for name in FIXED_SECTIONS}
+    tree.update({name: dataclasses.asdict(job.method_config(name)) for name in METHODS})
+    return {name: value for name, value in tree.items() if sections is None or name in sections}
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, name = dotted.partition(".")
+    if not name or "." in name:
+        raise CccError(f"--{dotted}: settings are named section.field, e.g. inversion.steps")
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise CccError(f"--{dotted}: {section!r} is a value, not a section")
+    node[name] = value
+
+
+def load_job(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Defaults, then the YAML file, then dotted overrides; validated once at the end."""
+    tree: dict[str, Any] = read_yaml(yaml_path) if yaml_path else {}
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    job = job_from_tree(tree)
+    validate_config(job)
+    return job
+
+
+def apply_overrides(job: JobConfig, overrides: dict[str, Any]) -> JobConfig:
+    """A validated copy of `job` with dotted overrides applied, through the same checks as YAML."""
+    tree = job_to_tree(job)
+    for dotted, value in overrides.items():
+        set_dotted(tree, dotted, value)
+    result = job_from_tree(tree)
+    validate_config(result)
+    return result
+
+
+def dump_job(job: JobConfig, sections: tuple[str, ...] | None = None) -> str:
+    return yaml.safe_dump(job_to_tree(job, sections), sort_keys=False)

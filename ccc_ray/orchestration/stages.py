@@ -1,0 +1,99 @@
+"""The stage drivers: every stage the CLI and `jobs/*.py` run, as plain functions of a JobConfig, and the
+pipeline that sequences them. The top of the package: it imports downward only, and nothing imports it
+but the entry points.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ccc_ray.counterfeits.generate import GenerateReport
+from ccc_ray.counterfeits.search import summary_line as attack_summary_line
+from ccc_ray.job import JobConfig
+from ccc_ray.orchestration.generation import generate_from_file
+from ccc_ray.orchestration.harden_rounds import run_hardening
+from ccc_ray.orchestration.search_actors import run_attack
+from ccc_ray.orchestration.train_classifier import train_classifier
+from ccc_ray.orchestration.train_method import train_method
+from ccc_ray.orchestration.tune_losses import run_tune
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def train_classifier_stage(job: JobConfig, progress=print_flush) -> dict:
+    info, metrics = train_classifier(job)
+    summary = {"classifier_file": str(job.run.classifier_file), "classifier_sha256": info.sha256,
+               "test_accuracy": metrics.get("test_accuracy"), "epochs": metrics.get("epoch")}
+    progress(dumps(summary))
+    return summary
+
+
+def train_generator_stage(job: JobConfig, progress=print_flush) -> dict:
+    path, metrics = train_method(job, job.generate.method)
+    summary = {"method": job.generate.method, "generator_file": path, "steps": metrics.get("step"),
+               "final_confidence": metrics.get("confidence"),
+               **{k: v for k, v in metrics.items() if k.startswith("trained_classifier")}}
+    progress(dumps(summary))
+    return summary
+
+
+def generate_stage(job: JobConfig, progress=print_flush) -> GenerateReport:
+    report = generate_from_file(job)
+    progress(generate_summary_line(report))
+    return report
+
+
+def attack_stage(job: JobConfig, progress=print_flush):
+    report = run_attack(job, progress=progress)
+    progress(attack_summary_line(report))
+    return report
+
+
+def harden_stage(job: JobConfig, progress=print_flush) -> dict:
+    report = run_hardening(job, progress=progress)
+    progress(f"report: {job.run.run_dir / 'report.md'}; ONNX model: {report['export']['onnx']}")
+    return report
+
+
+def tune_stage(job: JobConfig, progress=print_flush) -> dict:
+    summary = run_tune(job, progress=progress)
+    progress(f"{summary['trials']} trials ({summary['completed']} completed, {summary['stopped_early']} stopped "
+             f"early, {summary['errors']} failed); best objective {summary['best']['objective']:.4f}; "
+             f"best config {summary['best_config']}")
+    return summary
+
+
+def pipeline_stage(job: JobConfig, progress=print_flush) -> dict:
+    """train-classifier -> train-generator -> generate -> harden (evaluate, re-attack, export)."""
+    progress("== train-classifier")
+    train_classifier_stage(job, progress)
+    progress("== train-generator")
+    train_generator_stage(job, progress)
+    progress("== generate")
+    generate_stage(job, progress)
+    progress("== harden, evaluate, export")
+    return harden_stage(job, progress)
+
+
+STAGES = {
+    "train-classifier": train_classifier_stage,
+    "train-generator": train_generator_stage,
+    "generate": generate_stage,
+    "attack": attack_stage,
+    "harden": harden_stage,
+    "tune": tune_stage,
+    "pipeline": pipeline_stage,
+}
+
+
+def generate_summary_line(report: GenerateReport) -> str:
+    worst = min(report.diversity_ratio_per_class.values()) if report.diversity_ratio_per_class else float("nan")
+    return (f"kept {report.kept}/{report.sampled} ({report.kept_share:.1%}) at the confidence bar; "
+            f"nearest-train distance ratio {report.distance_ratio:.2f}; min diversity ratio {worst:.2f}; "
+            f"store {report.store_file}")
+
+
+def dumps(value) -> str:
+    return json.dumps(value, indent=2, default=str)
