@@ -20,7 +20,7 @@ from ccc_ray.tuning.objective import objective_parts
 
 def train_and_score(label: str, run_dir: Path, seed: int, config: list[str]) -> dict:
     common = ["--run.output_dir", str(run_dir / "retrain"), "--run.run_id", f"{label}-seed{seed}",
-              "--run.classifier_path", str(run_dir / "classifier.safetensors"), "--generator.seed", str(seed)]
+              "--run.classifier_path", str(run_dir / "classifier.safetensors"), "--inversion.seed", str(seed)]
     for stage in ("train-generator", "generate"):
         subprocess.run([sys.executable, "-m", "ccc_ray.cli", stage, *config, *common], check=True,
                        stdout=subprocess.DEVNULL)

@@ -41,8 +41,8 @@ def assert_refused(code: int, err: str, tmp_path, *needles: str) -> None:
 
 @pytest.mark.parametrize("size", ["1", "0", "-5"])
 def test_population_below_two(capsys, tmp_path, digits_classifier_file, size):
-    code, err = attack(capsys, tmp_path, digits_classifier_file, "--attack.population_size", size)
-    assert_refused(code, err, tmp_path, "attack.population_size", "at least 2", f"got {size}")
+    code, err = attack(capsys, tmp_path, digits_classifier_file, "--direct_encoding.population_size", size)
+    assert_refused(code, err, tmp_path, "direct_encoding.population_size", "at least 2", f"got {size}")
 
 
 @pytest.mark.parametrize("targets, bad", [("3,10", "10"), ("-1", "-1"), ("99", "99")])
@@ -80,10 +80,10 @@ def test_gradient_ascent_needs_a_torch_model(capsys, tmp_path, digits_classifier
 
 @pytest.mark.parametrize("argv, needle", [
     (["--attack.method", "simulated_annealing"], "attack.method: unknown method"),
-    (["--attack.threshold", "1.5"], "attack.threshold"),
+    (["--keep.confidence_bar", "1.5"], "keep.confidence_bar"),
     (["--attack.per_class", "0"], "attack.per_class"),
-    (["--attack.gradient_ascent.threshold", "0.9"], "set attack.threshold instead"),
-    (["--attack.direct_encoding.mutation_rate", "2"], "direct_encoding.mutation_rate"),
+    (["--gradient_ascent.threshold", "0.9"], "set keep.confidence_bar instead"),
+    (["--direct_encoding.mutation_rate", "2"], "direct_encoding.mutation_rate"),
 ])
 def test_other_bad_settings(capsys, tmp_path, digits_classifier_file, argv, needle):
     code, err = attack(capsys, tmp_path, digits_classifier_file, *argv)

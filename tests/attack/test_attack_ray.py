@@ -34,7 +34,7 @@ def test_direct_encoding_attack_writes_confident_counterfeits_with_lineage(
         ray_cluster, capsys, tmp_path, digits, digits_classifier_file):
     argv = ["attack", "--run.output_dir", str(tmp_path), "--run.classifier_path", str(digits_classifier_file),
             "--attack.method", "direct_encoding", "--attack.per_class", "2", "--attack.class_groups", "2",
-            "--attack.max_generations", "400", "--attack.seed", "3", "--attack.threshold", "0.9"]
+            "--direct_encoding.max_generations", "400", "--attack.seed", "3", "--keep.confidence_bar", "0.9"]
     assert cli.main([*argv, "--attack.num_tasks", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 run(s)" in out and "on 2 actor(s)" in out

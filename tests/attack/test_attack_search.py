@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from ccc_ray.counterfeits.search import (
     AttackRun,
     StoredImageClassifier,
+    build_search,
     load_target,
     plan_runs,
-    run_search,
+    search_run,
 )
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.export.onnx_export import export_onnx
-from ccc_ray.job import AttackSettings
+from ccc_ray.methods import METHODS
 from ccc_ray.counterfeits.quality import dequantize, quantize
 
 torch.set_num_threads(1)
+
+
+def run_search(method, classifier_fn, num_outputs, image_shape, run, confidence_bar=0.99, **settings):
+    """One run of the registered search `method` as an attack actor does it."""
+    cls = METHODS[method]
+    search = build_search(cls, cls.config_class(**settings), classifier_fn, num_outputs, image_shape, confidence_bar)
+    return search_run(search, run)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +71,15 @@ def test_the_attacked_torch_model_runs_channels_last_frozen_and_scores_as_before
 @pytest.mark.parametrize("method", ["direct_encoding", "cppn"])
 def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, onnx_file, method):
     """The black-box path: the same run against the ONNX export finds the same champions."""
-    settings = AttackSettings(method=method, population_size=100, max_generations=60)
+    settings = {"population_size": 100, "max_generations": 60}
     run = AttackRun(0, 0, tuple(range(10)), seed=11)
     torch_target, torch_fn = load_target(digits_classifier_file, None, digits, method)
     onnx_target, onnx_fn = load_target(digits_classifier_file, str(onnx_file), digits, method)
     assert onnx_target.kind == "onnx" and onnx_target.sha256 == torch_target.sha256  # fingerprint from metadata
     # torch mutates between the session's calls: its idle threads must not busy-wait on those cores
     assert onnx_fn.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    by_torch = run_search(settings, torch_fn, 10, digits.image_shape, run)
-    by_onnx = run_search(settings, onnx_fn, 10, digits.image_shape, run)
+    by_torch = run_search(method, torch_fn, 10, digits.image_shape, run, **settings)
+    by_onnx = run_search(method, onnx_fn, 10, digits.image_shape, run, **settings)
     assert abs(by_onnx.confidences - by_torch.confidences).max() <= 1e-4
     assert (by_onnx.images == by_torch.images).all()
     assert (by_onnx.generations == by_torch.generations).all()
@@ -85,9 +91,8 @@ def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, on
 
 
 def test_gradient_ascent_reaches_the_threshold_on_the_stored_image(digits, digits_classifier_file):
-    settings = AttackSettings(method="gradient_ascent")
     _, model = load_target(digits_classifier_file, None, digits, "gradient_ascent")
-    result = run_search(settings, model, 10, digits.image_shape, AttackRun(0, 0, (2, 7), seed=3))
+    result = run_search("gradient_ascent", model, 10, digits.image_shape, AttackRun(0, 0, (2, 7), seed=3))
     assert (result.generations >= 0).all() and (result.confidences >= 0.99).all()
     stored = dequantize(torch.from_numpy(result.images).permute(0, 3, 1, 2))
     with torch.no_grad():
@@ -106,8 +111,8 @@ def test_a_reject_class_model_is_attacked_on_its_real_classes(digits, digits_cla
     save_classifier(path, widened, info.config, info.image_shape, list(info.class_names), "digits", reject_class=True)
     target, fn = load_target(path, None, digits, "direct_encoding")
     assert target.num_outputs == 11 and target.reject_class
-    settings = dataclasses.replace(AttackSettings(), population_size=50, max_generations=5, threshold=0.5)
-    result = run_search(settings, fn, target.num_outputs, digits.image_shape, AttackRun(0, 0, (0, 9), seed=1))
+    result = run_search("direct_encoding", fn, target.num_outputs, digits.image_shape, AttackRun(0, 0, (0, 9), seed=1),
+                        confidence_bar=0.5, population_size=50, max_generations=5)
     assert result.images.shape == (2, 8, 8, 1) and result.images.dtype.name == "uint8"
     stored = dequantize(torch.from_numpy(result.images).permute(0, 3, 1, 2))
     with torch.no_grad():

@@ -47,8 +47,8 @@ def test_unknown_data_set(capsys, tmp_path):
 @pytest.mark.parametrize("threshold", ["0", "-0.5", "1.01", "nan"])
 def test_threshold_outside_unit_interval(capsys, tmp_path, threshold):
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "generate", "--generate.threshold", threshold, "--run.output_dir", str(out))
-    assert_one_line_error(code, err, "generate.threshold")
+    code, err = run_cli(capsys, "generate", "--keep.confidence_bar", threshold, "--run.output_dir", str(out))
+    assert_one_line_error(code, err, "keep.confidence_bar")
     assert not out.exists()
 
 
@@ -164,7 +164,7 @@ def test_generate_writes_a_store_that_the_checks_accept(capsys, tmp_path, digits
     """The control for the tests above: the same arguments with good input succeed and write output."""
     out = tmp_path / "out"
     code, err = run_cli(capsys, "generate", "--run.output_dir", str(out), "--generate.per_class", "5",
-                        "--generate.threshold", "0.05",
+                        "--keep.confidence_bar", "0.05",
                         "--run.classifier_path", str(digits_classifier_file),
                         "--run.generator_path", str(digits_generator_file))
     assert code == 0, err
@@ -172,11 +172,11 @@ def test_generate_writes_a_store_that_the_checks_accept(capsys, tmp_path, digits
 
 
 def test_job_script_exits_non_zero_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "jobs" / "generate.py"), "--generate.threshold", "2",
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "generate.py"), "--keep.confidence_bar", "2",
                              "--run.output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "ccc-ray generate: error: generate.threshold: must lie in (0, 1], got 2.0"]
+        "ccc-ray generate: error: keep.confidence_bar: must lie in (0, 1], got 2.0"]
     assert not (tmp_path / "o").exists()
 
 
@@ -184,6 +184,6 @@ def test_help_explains_each_option():
     result = subprocess.run([sys.executable, "-m", "ccc_ray.cli", "train-generator", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for flag in ("--run.num_workers", "--run.checkpoint_every", "--generator.steps", "--data.root"):
+    for flag in ("--run.num_workers", "--run.checkpoint_every", "--inversion.steps", "--data.root"):
         assert flag in result.stdout
     assert "resumes" in result.stdout

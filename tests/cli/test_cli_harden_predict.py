@@ -32,7 +32,7 @@ def write_store(folder, n=60, shape=(8, 8, 1), classes=10, names=None):
 
 @pytest.fixture
 def run_folder(tmp_path, digits_classifier_file, digits_generator_file):
-    """A run folder with classifier and generator in place, as after train-generator."""
+    """A run folder with classifier and generator in place, as after train-inversion."""
     run = tmp_path / "runs" / "default"
     run.mkdir(parents=True)
     (run / "classifier.safetensors").write_bytes(digits_classifier_file.read_bytes())

@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_reduced_pipeline_writes_every_artifact(tmp_path):
     args = [sys.executable, str(REPO / "jobs" / "pipeline.py"), "--run.output_dir", str(tmp_path),
-            "--run.run_id", "e2e", "--classifier.epochs", "8", "--generator.steps", "150",
-            "--generator.batch_size", "128", "--run.checkpoint_every", "50", "--generate.per_class", "20",
-            "--generate.threshold", "0.9", "--harden.epochs", "3", "--harden.reattack_steps", "60",
+            "--run.run_id", "e2e", "--classifier.epochs", "8", "--inversion.steps", "150",
+            "--inversion.batch_size", "128", "--run.checkpoint_every", "50", "--generate.per_class", "20",
+            "--keep.confidence_bar", "0.9", "--harden.epochs", "3", "--harden.reattack_steps", "60",
             "--harden.real_ood_per_set", "50", "--rounds", "1"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

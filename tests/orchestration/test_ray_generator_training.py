@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ccc_ray.config import load_config
+from ccc_ray.job import load_job
 from ccc_ray.job import JobConfig
-from ccc_ray.orchestration.stages import run_generate, run_train_generator
+from ccc_ray.orchestration.generation import generate_from_file
+from ccc_ray.orchestration.stages import train_generator_stage
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -31,19 +32,19 @@ def ray_cluster():
 
 def job(tmp_path: Path, run_id: str, classifier_file: Path, **overrides) -> JobConfig:
     settings = {"run.output_dir": str(tmp_path), "run.run_id": run_id, "run.classifier_path": str(classifier_file),
-                "generator.steps": 500, "generator.batch_size": 128, "run.checkpoint_every": 100,
-                "generate.per_class": 30, "generate.threshold": 0.9}
+                "inversion.steps": 500, "inversion.batch_size": 128, "run.checkpoint_every": 100,
+                "generate.per_class": 30, "keep.confidence_bar": 0.9}
     settings.update(overrides)
-    return load_config(JobConfig, None, settings)
+    return load_job(None, settings)
 
 
 def test_two_workers_train_to_the_quality_of_one(ray_cluster, tmp_path, digits_classifier_file):
     reports = {}
     for workers in (1, 2):
         config = job(tmp_path, f"w{workers}", digits_classifier_file, **{"run.num_workers": workers})
-        result = run_train_generator(config)
+        result = train_generator_stage(config)
         assert result["steps"] == 500
-        reports[workers] = run_generate(config, progress=False)
+        reports[workers] = generate_from_file(config, progress=False)
     one, two = reports[1], reports[2]
     print({w: (r.kept_share, r.distance_ratio, min(r.diversity_ratio_per_class.values())) for w, r in reports.items()})
     # A short run against a briefly trained classifier: the point is that 2 workers match 1, not the level.
@@ -56,7 +57,7 @@ def test_two_workers_train_to_the_quality_of_one(ray_cluster, tmp_path, digits_c
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, digits_classifier_file, sessions):
     args = [sys.executable, str(REPO / "jobs" / "train_generator.py"), "--run.output_dir", str(tmp_path),
             "--run.run_id", "killed", "--run.classifier_path", str(digits_classifier_file),
-            "--generator.steps", "400", "--generator.batch_size", "64", "--run.checkpoint_every", "40"]
+            "--inversion.steps", "400", "--inversion.batch_size", "64", "--run.checkpoint_every", "40"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     storage = tmp_path / "killed" / "ray" / "killed-generator-inversion"
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from ccc_ray.cli import build_parser
-from ccc_ray.config import load_config, overrides_from_args
+from ccc_ray.config import overrides_from_args
+from ccc_ray.job import load_job
 from ccc_ray.job import JobConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def test_rayjob_manifest_runs_a_valid_pipeline():
     python, script, *flags = shlex.split(spec["entrypoint"])
     assert python == "python" and script.endswith("/jobs/pipeline.py")
     assert (REPO / "jobs" / Path(script).name).is_file()
-    job = load_config(JobConfig, None, overrides_from_args(build_parser().parse_args(["pipeline", *flags])))
+    job = load_job(None, overrides_from_args(build_parser().parse_args(["pipeline", *flags])))
     # Every node must reach checkpoints and counterfeits: object storage, not a pod's disk.
     assert job.run.ray_storage.startswith("s3://") and str(job.run.store_dir).startswith("s3://")
     assert job.run.max_failures > 0 and job.run.num_workers == 2

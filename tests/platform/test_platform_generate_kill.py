@@ -14,16 +14,16 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from ccc_ray.config import load_config
+from ccc_ray.job import load_job
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.orchestration.stages import run_generate
+from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.store import read_store
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"run.run_id": "kill", "generate.per_class": "300", "generate.batch_size": "100",
-            "generate.threshold": "0.05"}
+            "keep.confidence_bar": "0.05"}
 
 
 def generate_args(output_dir: Path, classifier: Path, generator: Path) -> list[str]:
@@ -84,10 +84,10 @@ def test_killed_generate_leaves_no_partial_file_and_rerun_neither_loses_nor_dupl
     assert len(ids) == len(set(ids)) > 0  # no duplicates
 
     # An uninterrupted run of the same settings elsewhere gives exactly the same rows: none lost.
-    reference_job = load_config(JobConfig, None, {
+    reference_job = load_job(None, {
         **SETTINGS, "run.output_dir": str(tmp_path / "reference"), "run.classifier_path": str(digits_classifier_file),
         "run.generator_path": str(digits_generator_file)})
-    reference = read_store(run_generate(reference_job, progress=False).store_file)
+    reference = read_store(generate_from_file(reference_job, progress=False).store_file)
     assert sorted(ids) == sorted(reference["id"].to_pylist())
     assert table.sort_by("id")["image"].equals(reference.sort_by("id")["image"])
     assert visible_rows(store) == table.num_rows

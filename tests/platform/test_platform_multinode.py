@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from ccc_ray.config import load_config
+from ccc_ray.job import load_job
 from ccc_ray.job import JobConfig
 
 pytestmark = pytest.mark.slow
@@ -47,16 +47,16 @@ def test_workers_on_two_nodes_checkpoint_through_s3(three_node_cluster, s3_keys,
     import ray
 
     from ccc_ray.methods.generator_file import load_generator
-    from ccc_ray.orchestration.train_generator import train_generator
+    from ccc_ray.orchestration.train_method import train_method
 
     head, worker_nodes = three_node_cluster
     storage = f"s3://{BUCKET}/multinode"
-    job = load_config(JobConfig, None, {
+    job = load_job(None, {
         "run.output_dir": str(tmp_path), "run.run_id": "nodes", "run.classifier_path": str(digits_classifier_file),
-        "run.num_workers": 2, "run.storage_path": storage, "generator.steps": 60, "generator.batch_size": 64,
+        "run.num_workers": 2, "run.storage_path": storage, "inversion.steps": 60, "inversion.batch_size": 64,
         "run.checkpoint_every": 30})
     assert job.run.ray_storage == storage
-    generator_file, metrics = train_generator(job)
+    generator_file, metrics = train_method(job)
     assert metrics["step"] == 60
 
     # Each 1-CPU node holds exactly one of the two Train workers; the CPU-less head holds none.

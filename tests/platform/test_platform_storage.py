@@ -104,7 +104,7 @@ def test_generate_writes_its_store_to_s3(s3_server, s3_keys, tmp_path, capsys, d
     code = main(["generate", "--run.output_dir", str(tmp_path), "--run.run_id", "s3run",
                  "--run.classifier_path", str(digits_classifier_file),
                  "--run.generator_path", str(digits_generator_file), "--run.counterfeit_store", store,
-                 "--generate.per_class", "4", "--generate.threshold", "0.05"])
+                 "--generate.per_class", "4", "--keep.confidence_bar", "0.05"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"store {store}/inversion-s3run.parquet" in captured.out

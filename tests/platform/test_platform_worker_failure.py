@@ -19,9 +19,10 @@ import torch
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.errors import CccError
 from ccc_ray.methods.generator_file import load_generator
+from ccc_ray.methods import MethodContext
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 from ccc_ray.orchestration.checkpoints import load_checkpoint_state
-from ccc_ray.orchestration.train_generator import step_generator
+from ccc_ray.orchestration.train_method import step_generator
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -44,12 +45,12 @@ def kept_share(method, classifier, per_class: int = 30, threshold: float = 0.9) 
 
 def uninterrupted_generator(classifier) -> NetworkInversion:
     """The same steps and latents as the Ray run (one worker, one thread), trained here without interruption."""
-    method = NetworkInversion(InversionConfig(steps=STEPS, batch_size=BATCH), (1, 8, 8), 10)
+    method = NetworkInversion(InversionConfig(steps=STEPS, batch_size=BATCH), MethodContext((1, 8, 8), 10, classifier))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         while method.step < STEPS:
-            method.training_step(classifier, step_generator(0, 0, method.step, torch.device("cpu")), BATCH)
+            method.training_step(None, step_generator(0, 0, method.step, torch.device("cpu")), BATCH)
     finally:
         torch.set_num_threads(threads)
     return method
@@ -58,7 +59,7 @@ def uninterrupted_generator(classifier) -> NetworkInversion:
 def test_killed_worker_is_restored_from_its_checkpoint(tmp_path, digits_classifier_file, sessions):
     args = [sys.executable, str(REPO / "jobs" / "train_generator.py"), "--run.output_dir", str(tmp_path),
             "--run.run_id", "fault", "--run.classifier_path", str(digits_classifier_file),
-            "--generator.steps", str(STEPS), "--generator.batch_size", str(BATCH),
+            "--inversion.steps", str(STEPS), "--inversion.batch_size", str(BATCH),
             "--run.checkpoint_every", str(EVERY), "--run.max_failures", "2"]
     storage = tmp_path / "fault" / "ray" / "fault-generator-inversion"
     snapshot = storage / "checkpoint_manager_snapshot.json"

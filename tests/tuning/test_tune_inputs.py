@@ -28,23 +28,23 @@ def test_objective_rewards_confidence_and_penalises_copies_and_collapse():
 
 def test_packaged_space_loads_and_every_corner_is_a_valid_config():
     space = load_search_space(default_space_file("inversion"), JobConfig)
-    assert "generator.kl_weight" in space and space["generator.kl_weight"]["type"] == "loguniform"
-    job = apply_overrides(JobConfig(), {"generator.kl_weight": 2.0, "generator.cosine_weight": 0.3}, JobConfig)
-    assert job.generator.kl_weight == 2.0 and job.generator.cosine_weight == 0.3
-    assert job.generator.orthogonality_weight == JobConfig().generator.orthogonality_weight
+    assert "inversion.kl_weight" in space and space["inversion.kl_weight"]["type"] == "loguniform"
+    job = apply_overrides(JobConfig(), {"inversion.kl_weight": 2.0, "inversion.cosine_weight": 0.3}, JobConfig)
+    assert job.inversion.kl_weight == 2.0 and job.inversion.cosine_weight == 0.3
+    assert job.inversion.orthogonality_weight == JobConfig().inversion.orthogonality_weight
 
 
 @pytest.mark.parametrize("content, needle", [
     ("", "empty"),
     ("# only a comment\n", "empty"),
-    ("generator.no_such_weight: {type: uniform, low: 0, high: 1}\n", "unknown parameter"),
+    ("inversion.no_such_weight: {type: uniform, low: 0, high: 1}\n", "unknown parameter"),
     ("nosection.kl_weight: {type: uniform, low: 0, high: 1}\n", "unknown parameter"),
-    ("generator.kl_weight: {type: uniform, low: -1.0, high: 1.0}\n", "must not be negative"),
-    ("generator.kl_weight: {type: uniform, low: 2.0, high: 1.0}\n", "must be below"),
-    ("generator.kl_weight: {type: loguniform, low: 0.0, high: 1.0}\n", "low > 0"),
-    ("generator.kl_weight: {type: gaussian, low: 0.1, high: 1.0}\n", "type"),
-    ("generator.conditioning: {type: choice, values: []}\n", "non-empty"),
-    ("generator.steps: {type: randint, low: -5, high: 0}\n", "steps"),
+    ("inversion.kl_weight: {type: uniform, low: -1.0, high: 1.0}\n", "must not be negative"),
+    ("inversion.kl_weight: {type: uniform, low: 2.0, high: 1.0}\n", "must be below"),
+    ("inversion.kl_weight: {type: loguniform, low: 0.0, high: 1.0}\n", "low > 0"),
+    ("inversion.kl_weight: {type: gaussian, low: 0.1, high: 1.0}\n", "type"),
+    ("inversion.conditioning: {type: choice, values: []}\n", "non-empty"),
+    ("inversion.steps: {type: randint, low: -5, high: 0}\n", "steps"),
 ])
 def test_bad_spaces_are_refused(tmp_path, content, needle):
     space = tmp_path / "space.yaml"
@@ -55,12 +55,12 @@ def test_bad_spaces_are_refused(tmp_path, content, needle):
 
 def test_cli_refuses_a_bad_space_before_any_trial(capsys, tmp_path, digits_classifier_file):
     space = tmp_path / "space.yaml"
-    space.write_text("generator.kl_weight: {type: uniform, low: -0.5, high: 1.0}\n")
+    space.write_text("inversion.kl_weight: {type: uniform, low: -0.5, high: 1.0}\n")
     out = tmp_path / "runs"
     code = cli.main(["tune", "--tune.search_space", str(space), "--run.output_dir", str(out),
                      "--run.classifier_path", str(digits_classifier_file)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "generator.kl_weight" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "inversion.kl_weight" in err
     assert not out.exists()  # no search folder, no trial
 
 

@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_interrupted_search_resumes_without_repeating_finished_trials(tmp_path, digits_classifier_file, sessions):
     args = [sys.executable, str(REPO / "jobs" / "tune_losses.py"), "--run.output_dir", str(tmp_path),
-            "--run.classifier_path", str(digits_classifier_file), "--generator.steps", "40",
-            "--generator.batch_size", "64", "--run.checkpoint_every", "20", "--tune.num_samples", "3",
+            "--run.classifier_path", str(digits_classifier_file), "--inversion.steps", "40",
+            "--inversion.batch_size", "64", "--run.checkpoint_every", "20", "--tune.num_samples", "3",
             "--tune.max_concurrent_trials", "1", "--tune.scheduler", "fifo", "--tune.score_per_class", "5",
-            "--generate.threshold", "0.5"]
+            "--keep.confidence_bar", "0.5"]
     starts = tmp_path / "default" / "tune" / "default-tune-inversion-starts"
     experiment = tmp_path / "default" / "tune" / "default-tune-inversion"
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
