@@ -22,8 +22,8 @@ from ccc_ray.counterfeits.keep import KeepRule
 from ccc_ray.data.sources import DataConfig
 from ccc_ray.errors import CccError
 from ccc_ray.methods import METHODS, method_class
+from ccc_ray.ood.scores import OOD_SCORES
 from ccc_ray.store.writer import check_name
-from ccc_ray.tuning.settings import TuneSettings
 
 
 @dataclass
@@ -108,8 +108,6 @@ class HardenSettings:
     seed: int = option(0, "seed of fine-tuning and noise images")
 
     def validate(self) -> None:
-        from ccc_ray.ood.scores import OOD_SCORES
-
         if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
             raise CccError(f"harden.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
         if self.ood_score == "not_reject" and self.mode != "reject":
@@ -129,7 +127,7 @@ class AttackSettings:
                                             "its settings are the section of the same name")
     onnx_path: str | None = option(None, "attack this ONNX model (black box) instead of run.classifier_path")
     per_class: int = option(1, "counterfeits per target class, each from its own independently seeded run", ge=1)
-    targets: list[int] = option([], "target classes, e.g. 0,3,7 (default: every class)", ge=0)
+    targets: list[int] = option([], "target classes, e.g. 0,3,7 (default: every class)")
     class_groups: int = option(1, "split the targets into this many groups, each searched by its own run "
                                   "(at most one per target: more, smaller runs for Ray to spread; each stops "
                                   "once its classes are fooled)", ge=1)
@@ -140,6 +138,23 @@ class AttackSettings:
 
     def validate(self) -> None:
         method_class(self.method, "attack.method", kinds=("search",))
+
+
+@dataclass
+class TuneSettings:
+    search_space: str | None = option(None, "YAML search space (default: the method's own, "
+                                                   "ccc_ray/configs/<method>-search.yaml)")
+    num_samples: int = option(8, "trials to run", ge=1)
+    max_concurrent_trials: int = option(2, "trials running at once; bound it so the search fits the cluster", ge=1)
+    scheduler: Literal["asha", "fifo"] = option("asha", "asha (stop poor trials early) or fifo (run every trial "
+                                                        "to the end)")
+    grace_period: int = option(2, "asha: reports (checkpoints) every trial gets before it may be stopped", ge=1)
+    reduction_factor: int = option(2, "asha: keep 1 in this many trials at each rung", ge=2)
+    score_per_class: int = option(20, "samples per class scored at each report for the objective", ge=2)
+    cpus_per_trial: float = option(1.0, "CPUs per Train worker of a trial (run.num_workers workers per trial)",
+                                   gt=0)
+    gpus_per_trial: float = option(0.0, "GPUs per Train worker of a trial; > 0 trains on GPU", ge=0)
+    seed: int = option(0, "seed of the search algorithm")
 
 
 @dataclass

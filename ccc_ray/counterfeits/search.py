@@ -31,10 +31,12 @@ import numpy as np
 import torch
 
 from ccc_ray.classifiers.inference import prepare_for_attack
+from ccc_ray.classifiers.weights import classifier_from_bytes, load_classifier
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import dequantize, nearest_distances, quantize
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
+from ccc_ray.export.onnx_runtime import OnnxClassifier
 from ccc_ray.methods import METHODS, ClassifierFn, MethodContext, SearchMethod
 from ccc_ray.store.files import atomic_write_bytes
 from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
@@ -61,14 +63,10 @@ def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: Ima
     """The classifier to attack and a callable for it, checked against the data; CccError on a mismatch."""
     shape = "x".join(map(str, dataset.image_shape))
     if onnx_path is None:
-        from ccc_ray.classifiers.weights import load_classifier
-
         model, info = load_classifier(classifier_path, dataset.image_shape, dataset.num_classes)
         target = AttackTarget(TORCH, str(classifier_path), Path(classifier_path).read_bytes(), info.sha256,
                               info.num_outputs, info.reject_class)
         return target, prepare_for_attack(model)
-    from ccc_ray.export.onnx_runtime import OnnxClassifier
-
     if not METHODS[method].black_box:
         black_box = [name for name, cls in METHODS.items() if cls.kind == "search" and cls.black_box]
         raise CccError(f"attack.onnx_path: {method} needs gradients and an ONNX model is a black box; "
@@ -95,12 +93,8 @@ def classifier_from_target(target: AttackTarget, device: torch.device | str = "c
                            threads: int = 0) -> ClassifierFn:
     """Rebuild the classifier from `target.raw` (in a Ray worker): a torch module in eval mode, or an ONNX session."""
     if target.kind == TORCH:
-        from ccc_ray.classifiers.weights import classifier_from_bytes
-
         model, _ = classifier_from_bytes(target.raw, target.path)
         return prepare_for_attack(model, device)
-    from ccc_ray.export.onnx_runtime import OnnxClassifier
-
     with tempfile.TemporaryDirectory(prefix="ccc-attack-") as folder:  # onnxruntime reads it here, once
         file = Path(folder) / Path(target.path).name
         file.write_bytes(target.raw)

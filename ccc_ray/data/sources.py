@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ccc_ray.config import option
+from ccc_ray.config import option, validate_config
 from ccc_ray.data.dataset import ImageDataset, seeded_split
 from ccc_ray.errors import CccError
 
@@ -35,8 +35,6 @@ class DataConfig:
 
 def load_dataset(config: DataConfig) -> ImageDataset:
     """Load and split the configured source; the same config gives the same tensors everywhere."""
-    from ccc_ray.config import validate_config
-
     validate_config(config, "data.")
     name = config.name
     if name == "digits":

@@ -25,7 +25,7 @@ from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray
 from ccc_ray.orchestration.train_method import loop_config_for, method_train_loop
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 from ccc_ray.tuning.objective import objective_parts
-from ccc_ray.tuning.search_space import default_space_file, load_search_space, to_tune
+from ccc_ray.tuning.search_space import default_space_file, load_search_space
 
 PART_COLUMNS = tuple(objective_parts(0.0, 0.0, 0.0))
 
@@ -53,6 +53,15 @@ def tune_trial(params: dict, job: JobConfig, loop_config: dict, starts_dir: str)
             callbacks=[TuneReportCallback()],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")))
     trainer.fit()
+
+
+def to_tune(space: dict[str, dict]) -> dict:
+    """The search space as Ray Tune sampling objects."""
+    makers = {"uniform": lambda s: tune.uniform(s["low"], s["high"]),
+              "loguniform": lambda s: tune.loguniform(s["low"], s["high"]),
+              "randint": lambda s: tune.randint(int(s["low"]), int(s["high"])),
+              "choice": lambda s: tune.choice(s["values"])}
+    return {name: makers[spec["type"]](spec) for name, spec in space.items()}
 
 
 def check_trial_fits(job: JobConfig) -> None:

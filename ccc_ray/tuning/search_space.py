@@ -74,14 +74,3 @@ def load_search_space(path: str | Path) -> dict[str, dict]:
         overrides = {k: (s["values"][0] if s["type"] == "choice" else s[end]) for k, s in space.items()}
         apply_overrides(JobConfig(), overrides)
     return space
-
-
-def to_tune(space: dict[str, dict]) -> dict[str, Any]:
-    """The same space as Ray Tune sampling objects (imported here: the rest of the module is Ray-free)."""
-    from ray import tune
-
-    makers = {"uniform": lambda s: tune.uniform(s["low"], s["high"]),
-              "loguniform": lambda s: tune.loguniform(s["low"], s["high"]),
-              "randint": lambda s: tune.randint(int(s["low"]), int(s["high"])),
-              "choice": lambda s: tune.choice(s["values"])}
-    return {name: makers[spec["type"]](spec) for name, spec in space.items()}

@@ -79,10 +79,11 @@ def test_gradient_ascent_needs_a_torch_model(capsys, tmp_path, digits_classifier
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--attack.method", "simulated_annealing"], "attack.method: unknown method"),
+    (["--attack.method", "simulated_annealing"], "attack.method: unknown search method 'simulated_annealing'; "
+                                                 "registered: direct_encoding, cppn, gradient_ascent"),
     (["--keep.confidence_bar", "1.5"], "keep.confidence_bar"),
     (["--attack.per_class", "0"], "attack.per_class"),
-    (["--gradient_ascent.threshold", "0.9"], "set keep.confidence_bar instead"),
+    (["--attack.method", "cppn", "--cppn.population_size", "1"], "cppn.population_size: must be at least 2"),
     (["--direct_encoding.mutation_rate", "2"], "direct_encoding.mutation_rate"),
 ])
 def test_other_bad_settings(capsys, tmp_path, digits_classifier_file, argv, needle):

@@ -6,13 +6,9 @@ import pytest
 
 from ccc_ray import cli
 from ccc_ray.errors import CccError
-from ccc_ray.job import JobConfig
+from ccc_ray.job import JobConfig, apply_overrides
 from ccc_ray.tuning.objective import objective_parts
-from ccc_ray.tuning.search_space import (
-    apply_overrides,
-    default_space_file,
-    load_search_space,
-)
+from ccc_ray.tuning.search_space import default_space_file, load_search_space
 
 
 def test_objective_rewards_confidence_and_penalises_copies_and_collapse():
@@ -27,11 +23,13 @@ def test_objective_rewards_confidence_and_penalises_copies_and_collapse():
 
 
 def test_packaged_space_loads_and_every_corner_is_a_valid_config():
-    space = load_search_space(default_space_file("inversion"), JobConfig)
+    assert default_space_file("inversion").parent.name == "methods"  # beside the method's file
+    space = load_search_space(default_space_file("inversion"))
     assert "inversion.kl_weight" in space and space["inversion.kl_weight"]["type"] == "loguniform"
-    job = apply_overrides(JobConfig(), {"inversion.kl_weight": 2.0, "inversion.cosine_weight": 0.3}, JobConfig)
-    assert job.inversion.kl_weight == 2.0 and job.inversion.cosine_weight == 0.3
-    assert job.inversion.orthogonality_weight == JobConfig().inversion.orthogonality_weight
+    job = apply_overrides(JobConfig(), {"inversion.kl_weight": 2.0, "inversion.cosine_weight": 0.3})
+    inversion = job.method_config("inversion")
+    assert inversion.kl_weight == 2.0 and inversion.cosine_weight == 0.3
+    assert inversion.orthogonality_weight == JobConfig().method_config("inversion").orthogonality_weight
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -50,7 +48,7 @@ def test_bad_spaces_are_refused(tmp_path, content, needle):
     space = tmp_path / "space.yaml"
     space.write_text(content)
     with pytest.raises(CccError, match=needle):
-        load_search_space(space, JobConfig)
+        load_search_space(space)
 
 
 def test_cli_refuses_a_bad_space_before_any_trial(capsys, tmp_path, digits_classifier_file):
