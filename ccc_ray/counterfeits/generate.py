@@ -124,9 +124,9 @@ def lineage_columns(sampled, keep: torch.Tensor) -> dict:
     """The store's optional lineage columns for the kept rows: source ids and masks, where the method has them."""
     columns = {}
     if sampled.source_ids is not None:
-        columns["source_ids"] = [sampled.source_ids[i] for i in torch.nonzero(keep).flatten().tolist()]
+        columns["source_id"] = [sampled.source_ids[i] for i in torch.nonzero(keep).flatten().tolist()]
     if sampled.masks is not None:
-        columns["masks"] = quantize(sampled.masks[keep.to(sampled.masks.device)].cpu()).numpy()
+        columns["mask"] = quantize(sampled.masks[keep.to(sampled.masks.device)].cpu()).numpy()
     return columns
 
 

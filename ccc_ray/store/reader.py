@@ -19,7 +19,7 @@ import torch
 
 from ccc_ray.errors import CccError
 from ccc_ray.store.files import filesystem_for, is_uri, join_location
-from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA
+from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 # A store file whose columns would decompress to more than this is refused before it is read
 # (a few million 32x32 RGB images; a zstd "bomb" of a few kilobytes could otherwise claim any size).
@@ -58,8 +58,11 @@ def store_files(path: str | Path) -> list[str | Path]:
 
 
 def _check_schema(schema: pa.Schema, file: str | Path) -> None:
+    """Every required column with its type; optional columns, where present, with theirs."""
     for field in COUNTERFEIT_SCHEMA:
         if field.name not in schema.names:
+            if field.name in OPTIONAL_COLUMNS:
+                continue  # a store written before the column existed
             raise CccError(f"counterfeit store {str(file)!r} has no column {field.name!r}; is it a ccc-ray store?")
         if not schema.field(field.name).type.equals(field.type):
             raise CccError(f"counterfeit store {str(file)!r}: column {field.name!r} is "
@@ -78,17 +81,22 @@ def _read_file(file: str | Path) -> pa.Table:
                 raise CccError(f"counterfeit store {str(file)!r} would decompress to {declared / 2**30:.1f} GiB, "
                                f"more than the {MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB a store file may hold; "
                                "split it into several files")
-            return parquet.read(columns=COUNTERFEIT_SCHEMA.names)
+            present = [name for name in COUNTERFEIT_SCHEMA.names if name in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
     except (pa.ArrowInvalid, OSError) as error:
         raise CccError(f"counterfeit store {str(file)!r} is not a Parquet file, or cannot be read "
                        f"({' '.join(str(error).split())[:300]})") from None
+    # Older stores lack the optional columns: all-null ones keep one schema across files.
+    columns = [table[field.name] if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
+               for field in COUNTERFEIT_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=COUNTERFEIT_SCHEMA)
 
 
 def _check_values(table: pa.Table, where: str) -> None:
     """Nulls, ranges and image byte sizes: what the schema alone cannot promise."""
     if table.num_rows == 0:
         return  # read_store refuses a store with no rows at all
-    for name in COUNTERFEIT_SCHEMA.names:
+    for name in REQUIRED_COLUMNS:
         if table[name].null_count:
             raise CccError(f"counterfeit store {where}: column {name!r} has {table[name].null_count} empty values")
     for name in ("confidence", "nearest_train_l2"):
@@ -114,6 +122,11 @@ def _check_values(table: pa.Table, where: str) -> None:
     wrong = pc.sum(pc.not_equal(pc.binary_length(table["image"]).cast(pa.int64()), expected)).as_py() or 0
     if wrong:
         raise CccError(f"counterfeit store {where}: {wrong} images are not height x width x channels bytes long")
+    if table["mask"].null_count < table.num_rows:
+        mask_size = pc.multiply(table["height"].cast(pa.int64()), table["width"].cast(pa.int64()))
+        wrong = pc.sum(pc.not_equal(pc.binary_length(table["mask"]).cast(pa.int64()), mask_size)).as_py() or 0
+        if wrong:  # null masks compare as null, so only present masks count
+            raise CccError(f"counterfeit store {where}: {wrong} masks are not height x width bytes long")
 
 
 def _number(value: float) -> str:
@@ -159,6 +172,34 @@ def table_images(table: pa.Table) -> torch.Tensor:
     start = offsets[0]
     pixels = raw[start:start + size * len(column)].reshape(len(column), h, w, c)
     return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+
+
+def table_masks(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `mask` column as float32 N x 1 x H x W in [0, 1] (zeros where a row has none), and which rows have one.
+
+    Decoded like `table_images`: mask bytes are H x W uint8, divided by 255.
+    """
+    h, w = table["height"][0].as_py(), table["width"][0].as_py()
+    column = table["mask"].combine_chunks()
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    masks = np.zeros((len(column), h, w), np.uint8)
+    if present.any():
+        values = column.filter(pa.array(present))
+        sizes = pc.binary_length(values).to_numpy()
+        if not np.all(sizes == h * w):
+            raise CccError(f"counterfeit store: some masks are not {h}x{w} bytes long")
+        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+        start = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset]
+        masks[present] = data[start:start + h * w * len(values)].reshape(len(values), h, w)
+    return torch.from_numpy(masks).unsqueeze(1).float().div_(255.0), torch.from_numpy(present)
+
+
+def row_mask(table: pa.Table, index: int) -> np.ndarray | None:
+    """Row `index`'s mask as H x W uint8, exactly as stored, or None where the row has no mask."""
+    value = table["mask"][index].as_py()
+    if value is None:
+        return None
+    return np.frombuffer(value, np.uint8).reshape(table["height"][index].as_py(), table["width"][index].as_py())
 
 
 def store_class_names(path: str | Path) -> list[str] | None:
