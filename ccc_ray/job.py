@@ -80,9 +80,6 @@ class GenerateSettings:
     seed: int = option(1, "seed of the latent draws")
     batch_size: int = option(1000, "images sampled and scored per batch (bounds memory)", ge=1)
 
-    def validate(self) -> None:
-        method_class(self.method, "generate.method", kinds=("generator", "joint"))
-
 
 @dataclass
 class HardenSettings:
@@ -136,9 +133,6 @@ class AttackSettings:
                                "0 = one per run, at most one per cluster CPU (GPU with run.use_gpu)", ge=0)
     cpus_per_task: float = option(1.0, "CPUs reserved per actor; its torch / onnxruntime threads", gt=0)
 
-    def validate(self) -> None:
-        method_class(self.method, "attack.method", kinds=("search",))
-
 
 @dataclass
 class TuneSettings:
@@ -169,6 +163,15 @@ class JobConfig:
     run: RunSettings = field(default_factory=RunSettings)
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its config (one section each)
 
+    def validate(self) -> None:
+        """The methods named must exist and be of the right kind (a plug-in section known only through its
+        config, on a worker whose registry lacks it, is trusted: the driver checked it)."""
+        for where, name, kinds in (("generate.method", self.generate.method, ("generator", "joint")),
+                                   ("attack.method", self.attack.method, ("search",))):
+            if name not in METHODS and name in self.methods:
+                continue
+            method_class(name, where, kinds=kinds)
+
     def method_config(self, name: str):
         """The settings of method `name`: its section, or the method's defaults if the job has none."""
         config = self.methods.get(name)
@@ -181,15 +184,18 @@ class JobConfig:
 FIXED_SECTIONS = tuple(f.name for f in dataclasses.fields(JobConfig) if f.name != "methods")
 
 
-def section_classes() -> dict[str, type]:
-    """Every section name the job accepts, fixed and per method, with its config class."""
+def section_classes(methods: dict[str, type] | None = None) -> dict[str, type]:
+    """Every section name the job accepts, fixed and per method, with its config class.
+
+    `methods` adds method sections that are not in this process's registry: a Ray worker rebuilding a job
+    whose plug-in method was registered only on the driver (its config class travels with the job).
+    """
     hints = {f.name: f.default_factory for f in dataclasses.fields(JobConfig) if f.name != "methods"}
-    return {**hints, **{name: cls.config_class for name, cls in METHODS.items()}}
+    return {**hints, **(methods or {}), **{name: cls.config_class for name, cls in METHODS.items()}}
 
 
-def _check_keys(section: str, values: Any) -> None:
+def _check_keys(section: str, values: Any, classes: dict[str, type]) -> None:
     """Refuse a setting that is not in `section`, naming the section(s) it does belong to."""
-    classes = section_classes()
     if not isinstance(values, dict):
         raise CccError(f"{section}: expected a mapping of settings, got {values!r}")
     own = {f.name for f in dataclasses.fields(classes[section])}
@@ -203,26 +209,28 @@ def _check_keys(section: str, values: Any) -> None:
         raise CccError(f"{section}: unknown setting {key!r}; known settings are {', '.join(sorted(own))}")
 
 
-def job_from_tree(tree: dict[str, Any]) -> JobConfig:
-    """A JobConfig from nested YAML-shaped values: fixed sections plus one section per method; not validated."""
-    classes = section_classes()
+def job_from_tree(tree: dict[str, Any], methods: dict[str, type] | None = None) -> JobConfig:
+    """A JobConfig from nested YAML-shaped values: fixed sections plus one section per method; not validated.
+
+    `methods`: config classes of method sections beyond the registry (see `section_classes`)."""
+    classes = section_classes(methods)
     unknown = sorted(set(tree) - set(classes))
     if unknown:
         raise CccError(f"config: unknown section {unknown[0]!r}; sections are {', '.join(FIXED_SECTIONS)} and one "
                        f"per method ({', '.join(METHODS)}); `ccc-ray methods` lists the methods")
     for section, values in tree.items():
-        _check_keys(section, values if values is not None else {})
+        _check_keys(section, values if values is not None else {}, classes)
     fixed = {name: values or {} for name, values in tree.items() if name in FIXED_SECTIONS}
     job = config_from_dict(JobConfig, fixed)
-    job.methods = {name: config_from_dict(cls.config_class, tree.get(name) or {}, name)
-                   for name, cls in METHODS.items()}
+    method_sections = {name: cls for name, cls in classes.items() if name not in FIXED_SECTIONS}
+    job.methods = {name: config_from_dict(cls, tree.get(name) or {}, name) for name, cls in method_sections.items()}
     return job
 
 
 def job_to_tree(job: JobConfig, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The YAML shape of `job` (optionally only `sections`): fixed sections, then one per method."""
     tree = {name: dataclasses.asdict(getattr(job, name)) for name in FIXED_SECTIONS}
-    tree.update({name: dataclasses.asdict(job.method_config(name)) for name in METHODS})
+    tree.update({name: dataclasses.asdict(job.method_config(name)) for name in {**job.methods, **METHODS}})
     return {name: value for name, value in tree.items() if sections is None or name in sections}
 
 
@@ -251,7 +259,7 @@ def apply_overrides(job: JobConfig, overrides: dict[str, Any]) -> JobConfig:
     tree = job_to_tree(job)
     for dotted, value in overrides.items():
         set_dotted(tree, dotted, value)
-    result = job_from_tree(tree)
+    result = job_from_tree(tree, {name: type(config) for name, config in job.methods.items()})
     validate_config(result)
     return result
 
