@@ -79,6 +79,9 @@ class GenerateSettings:
     per_class: int = option(100, "counterfeits sampled per class", ge=1)
     seed: int = option(1, "seed of the latent draws")
     batch_size: int = option(1000, "images sampled and scored per batch (bounds memory)", ge=1)
+    num_actors: int = option(0, "Ray Data actors that sample and score (each holds the generator and classifier "
+                                "once); 0 = in this process below 20,000 samples, else one per CPU (GPU)", ge=0)
+    cpus_per_actor: float = option(1.0, "CPUs reserved per Ray Data actor", gt=0)
 
 
 @dataclass

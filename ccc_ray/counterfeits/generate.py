@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,62 +62,97 @@ class GenerateReport:
                 "distance_ratio": self.distance_ratio, "diversity_ratio_per_class": self.diversity_ratio_per_class}
 
 
+@dataclass
+class KeptChunk:
+    """The rows one chunk of sampling kept, as plain arrays: what an in-process loop or a Ray Data actor
+    hands to the writer (the same arrays either way, so the store does not depend on who sampled)."""
+
+    chunk: int
+    sampled: int
+    images_hwc: np.ndarray  # n x H x W x C uint8, as stored
+    targets: np.ndarray  # n int64
+    predicted: np.ndarray  # n int64
+    confidence: np.ndarray  # n float32
+    nearest_train_l2: np.ndarray  # n float32
+    sample_index: np.ndarray  # n int64: position in the run's sample plan (the row id's input)
+    source_id: list[str] | None = None
+    mask: np.ndarray | None = None  # n x H x W uint8
+
+
+def sample_plan(num_classes: int, per_class: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """(chunk, start, stop) per batch of the run's samples: targets are class-major, `per_class` each."""
+    total = num_classes * per_class
+    return [(chunk, start, min(start + batch_size, total))
+            for chunk, start in enumerate(range(0, total, batch_size))]
+
+
+def sample_chunk(method, classifier, dataset: ImageDataset, per_class: int, chunk: int, start: int, stop: int, *,
+                 confidence_bar: float, seed: int, device: torch.device | str = "cpu") -> KeptChunk:
+    """Sample one chunk of the plan with its own seed, judge it by the keep rule, keep the kept rows."""
+    targets = torch.arange(dataset.num_classes).repeat_interleave(per_class)[start:stop]
+    sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
+    scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
+    keep = scored.kept
+    lineage = lineage_columns(sampled, keep)
+    return KeptChunk(
+        chunk, len(targets), scored.stored[keep].permute(0, 2, 3, 1).contiguous().numpy(), targets[keep].numpy(),
+        scored.predicted[keep].numpy(), scored.confidence[keep].numpy().astype(np.float32),
+        nearest_distances(scored.images[keep], dataset.train_images).numpy().astype(np.float32),
+        torch.arange(start, stop)[keep].numpy(), lineage.get("source_id"), lineage.get("mask"))
+
+
 def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: ImageDataset, *, store_dir: Path | str,
                           run_id: str, per_class: int, confidence_bar: float, seed: int, batch_size: int,
-                          run_metadata: dict, device: torch.device | str = "cpu",
-                          progress: bool = True) -> GenerateReport:
+                          run_metadata: dict, device: torch.device | str = "cpu", progress: bool = True,
+                          chunks: Iterable[KeptChunk] | None = None) -> GenerateReport:
     """Sample `per_class` images per class, keep those the keep rule keeps, stream them into the store.
 
-    `store_dir` is a local folder or a storage URI (s3://, gs://, ...). Memory is one batch, a fixed
-    diversity sample per class and 4 bytes per row (the distance figure), whatever the number of rows.
+    `chunks` are the sampled chunks when another engine made them (Ray Data actors, in plan order);
+    by default they are sampled here, one after another. `store_dir` is a local folder or a storage URI
+    (s3://, gs://, ...). Memory is one chunk, a fixed diversity sample per class and 4 bytes per row (the
+    distance figure), whatever the number of rows.
     """
     k = dataset.num_classes
-    targets_all = torch.arange(k).repeat_interleave(per_class)
+    total = k * per_class
+    if chunks is None:
+        chunks = (sample_chunk(method, classifier, dataset, per_class, chunk, start, stop,
+                               confidence_bar=confidence_bar, seed=seed, device=device)
+                  for chunk, start, stop in sample_plan(k, per_class, batch_size))
     kept_per_class = np.zeros(k, dtype=np.int64)
     kept_images, kept_targets, kept_distances = [], [], []
     since_trim = 0
     with CounterfeitWriter(store_dir, method.name, run_id, run_metadata, dataset.class_names) as writer, \
-            tqdm(total=len(targets_all), desc="generate", unit="img", disable=not progress) as bar:
-        for chunk, start in enumerate(range(0, len(targets_all), batch_size)):
-            targets = targets_all[start:start + batch_size]
-            sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
-            scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
-            keep = scored.kept
-            images, stored = scored.images, scored.stored
-            distances = nearest_distances(images[keep], dataset.train_images)
-            index = torch.arange(start, start + len(targets))[keep]
+            tqdm(total=total, desc="generate", unit="img", disable=not progress) as bar:
+        for kept in chunks:
             writer.write(counterfeit_batch(
-                stored[keep].permute(0, 2, 3, 1).numpy(), targets[keep].numpy(), scored.predicted[keep].numpy(),
-                scored.confidence[keep].numpy(), distances.numpy(), index.numpy(),
-                run_id=run_id, method=method.name, classifier_sha256=classifier_sha256, seed=seed,
-                **lineage_columns(sampled, keep)))
+                kept.images_hwc, kept.targets, kept.predicted, kept.confidence, kept.nearest_train_l2,
+                kept.sample_index, run_id=run_id, method=method.name, classifier_sha256=classifier_sha256, seed=seed,
+                source_id=kept.source_id, mask=kept.mask))
             # The diversity figure needs only a bounded sample per class, kept as the stored uint8 images:
             # memory stays flat at any row count (at most DIVERSITY_SAMPLE_PER_CLASS images per class).
-            kept_now = targets[keep].numpy()
-            retain = torch.from_numpy(kept_per_class[kept_now] + rank_within_class(kept_now)
-                                      < DIVERSITY_SAMPLE_PER_CLASS)
-            np.add.at(kept_per_class, kept_now, 1)
-            kept_images.append(stored[keep][retain])
-            kept_targets.append(targets[keep][retain])
-            kept_distances.append(distances)
-            bar.update(len(targets))
-            since_trim += images.numel() * images.element_size()
+            retain = kept_per_class[kept.targets] + rank_within_class(kept.targets) < DIVERSITY_SAMPLE_PER_CLASS
+            np.add.at(kept_per_class, kept.targets, 1)
+            kept_images.append(torch.from_numpy(kept.images_hwc[retain]).permute(0, 3, 1, 2))
+            kept_targets.append(torch.from_numpy(kept.targets[retain]))
+            kept_distances.append(torch.from_numpy(kept.nearest_train_l2))
+            bar.update(kept.sampled)
+            since_trim += kept.sampled * int(np.prod(dataset.image_shape)) * 4
             if since_trim >= TRIM_EVERY_BYTES:
                 return_freed_memory()
                 since_trim = 0
         if not kept_per_class.any():  # raising inside the writer's block aborts it: no empty store file
-            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {confidence_bar}; "
+            raise CccError(f"generate: none of {total} samples reached confidence {confidence_bar}; "
                            f"train the generator longer (--{method.name}.steps) or lower --keep.confidence_bar")
-    kept = dequantize(torch.cat(kept_images))
-    kept_t = torch.cat(kept_targets)
+    kept_all = dequantize(torch.cat(kept_images))
+    kept_t = torch.cat(kept_targets).long()
     distances = torch.cat(kept_distances)
     test_distance = float(nearest_distances(dataset.test_images, dataset.train_images).mean())
     return GenerateReport(
-        store_file=str(writer.path), sampled=len(targets_all), kept=int(kept_per_class.sum()),
+        store_file=str(writer.path), sampled=total, kept=int(kept_per_class.sum()),
         kept_share_per_class={c: float(kept_per_class[c] / per_class) for c in range(k)},
         mean_nearest_train_l2=float(distances.mean()) if len(distances) else float("nan"),
         test_mean_nearest_train_l2=test_distance,
-        diversity_ratio_per_class=per_class_diversity_ratio(kept, kept_t, dataset.test_images,
+        diversity_ratio_per_class=per_class_diversity_ratio(kept_all, kept_t, dataset.test_images,
                                                             dataset.test_labels, k))
 
 

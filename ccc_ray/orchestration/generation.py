@@ -1,21 +1,142 @@
 """`generate`: sample counterfeits from a trained method's generator file into the Parquet store.
 
-Runs in the calling process (on a GPU when present); the math is `ccc_ray.counterfeits.generate`.
+Two engines, one result. Small runs sample in this process (on a GPU when present): below
+`IN_PROCESS_LIMIT` samples, starting Ray Data costs more than it saves. Larger runs (or any run with
+`--generate.num_actors N`) go through Ray Data: a range of chunk indices, `map_batches` on an actor pool
+(each actor loads the generator and classifier once, one GPU per actor when the cluster has GPUs),
+the keep rule inside the actors, and the kept rows streamed back in plan order to the one store writer
+here. Each chunk has its own seed, so the rows and their ids are the same whichever engine, and however
+many actors, made them; the writer keeps the store's guarantees (nothing visible before the commit, a
+re-run replaces its file).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import ray
 
 from ccc_ray.classifiers.inference import default_device
-from ccc_ray.classifiers.weights import load_classifier
-from ccc_ray.counterfeits.generate import GenerateReport, generate_counterfeits, write_report
-from ccc_ray.data.sources import load_dataset
+from ccc_ray.classifiers.weights import classifier_from_bytes, load_classifier
+from ccc_ray.counterfeits.generate import (
+    GenerateReport,
+    KeptChunk,
+    generate_counterfeits,
+    sample_chunk,
+    sample_plan,
+    write_report,
+)
+from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
-from ccc_ray.orchestration.ray_runtime import versions
+from ccc_ray.orchestration.ray_runtime import ensure_ray, resolve_use_gpu, versions
 from ccc_ray.store.files import ensure_writable_dir
+
+IN_PROCESS_LIMIT = 20_000  # samples: below this `generate` samples in the calling process by default
+
+
+class ChunkSampler:
+    """A Ray Data actor: the generator and classifier loaded once, then one chunk of the plan per call."""
+
+    def __init__(self, generator_bytes: bytes, classifier_bytes: bytes, classifier_path: str, data: DataConfig,
+                 per_class: int, confidence_bar: float, seed: int, use_gpu: bool):
+        import torch
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.dataset = load_dataset(data)
+        classifier, _ = classifier_from_bytes(classifier_bytes, classifier_path)
+        self.classifier = classifier.to(self.device).eval().requires_grad_(False)
+        with tempfile.TemporaryDirectory(prefix="ccc-generate-") as folder:
+            file = Path(folder) / "generator.safetensors"
+            file.write_bytes(generator_bytes)
+            self.method, _ = load_generator(file, self.device, self.classifier)
+        self.per_class, self.confidence_bar, self.seed = per_class, confidence_bar, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kept = [sample_chunk(self.method, self.classifier, self.dataset, self.per_class, int(chunk), int(start),
+                             int(stop), confidence_bar=self.confidence_bar, seed=self.seed, device=self.device)
+                for chunk, start, stop in zip(batch["chunk"], batch["start"], batch["stop"])]
+        return chunk_columns(kept)
+
+
+def chunk_columns(chunks: list[KeptChunk]) -> dict[str, np.ndarray]:
+    """Kept rows of several chunks as equal-length columns (Ray Data's batch format); `chunk` and `sampled`
+    ride along on every row so the driver can rebuild the chunks, and an empty chunk leaves one marker row."""
+    columns: dict[str, list] = {name: [] for name in ("chunk", "sampled", "marker", "images_hwc", "targets",
+                                                      "predicted", "confidence", "nearest_train_l2",
+                                                      "sample_index", "source_id", "mask", "has_mask")}
+    for kept in chunks:
+        rows = len(kept.targets)
+        count = max(rows, 1)
+        columns["chunk"] += [kept.chunk] * count
+        columns["sampled"] += [kept.sampled] * count
+        columns["marker"] += [rows == 0] * count
+        shape = kept.images_hwc.shape[1:]
+        images = kept.images_hwc if rows else np.zeros((1, *shape), np.uint8)
+        columns["images_hwc"] += list(images)
+        for name in ("targets", "predicted", "confidence", "nearest_train_l2", "sample_index"):
+            values = getattr(kept, name)
+            columns[name] += list(values) if rows else [values.dtype.type(0)]
+        columns["source_id"] += list(kept.source_id) if kept.source_id is not None and rows else [None] * count
+        mask = kept.mask if kept.mask is not None and rows else np.zeros((count, *shape[:2]), np.uint8)
+        columns["mask"] += list(mask)
+        columns["has_mask"] += [kept.mask is not None] * count
+    return {name: np.array(values, dtype=object) if name == "source_id" else np.stack(values)
+            if name in ("images_hwc", "mask") else np.array(values) for name, values in columns.items()}
+
+
+def chunks_from_batches(batches) -> Iterator[KeptChunk]:
+    """Rebuild the KeptChunks from Ray Data's batches (in plan order)."""
+    for batch in batches:
+        for chunk in dict.fromkeys(batch["chunk"].tolist()):
+            rows = (batch["chunk"] == chunk) & ~batch["marker"]
+            has_mask = bool(batch["has_mask"][batch["chunk"] == chunk][0])
+            source_ids = batch["source_id"][rows]
+            yield KeptChunk(
+                int(chunk), int(batch["sampled"][batch["chunk"] == chunk][0]), batch["images_hwc"][rows],
+                batch["targets"][rows].astype(np.int64), batch["predicted"][rows].astype(np.int64),
+                batch["confidence"][rows].astype(np.float32), batch["nearest_train_l2"][rows].astype(np.float32),
+                batch["sample_index"][rows].astype(np.int64),
+                [str(s) for s in source_ids] if len(source_ids) and source_ids[0] is not None else None,
+                batch["mask"][rows] if has_mask else None)
+
+
+def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: bool):
+    """The run's chunks sampled by a Ray Data actor pool, streamed back in plan order."""
+    import ray.data
+
+    plan = sample_plan(len(load_dataset(job.data).class_names), job.generate.per_class, job.generate.batch_size)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # chunks reach the writer in plan order
+    ds = ray.data.from_items([{"chunk": c, "start": a, "stop": b} for c, a, b in plan])
+    classifier_file = job.run.classifier_file
+    ds = ds.map_batches(
+        ChunkSampler, batch_size=1, concurrency=actors, num_gpus=1 if use_gpu else 0,
+        num_cpus=job.generate.cpus_per_actor,
+        fn_constructor_kwargs={"generator_bytes": generator_file.read_bytes(),
+                               "classifier_bytes": classifier_file.read_bytes(),
+                               "classifier_path": str(classifier_file), "data": job.data,
+                               "per_class": job.generate.per_class, "confidence_bar": job.keep.confidence_bar,
+                               "seed": job.generate.seed, "use_gpu": use_gpu})
+    return chunks_from_batches(ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def actor_count(job: JobConfig) -> int:
+    """0 = sample in this process; else the size of the Ray Data actor pool."""
+    samples = job.generate.per_class * len(load_dataset(job.data).class_names)
+    if job.generate.num_actors > 0:
+        return job.generate.num_actors
+    if samples < IN_PROCESS_LIMIT:
+        return 0
+    ensure_ray()
+    resources = ray.cluster_resources()
+    return max(1, int(resources.get("GPU", 0)) if resolve_use_gpu(job.run)
+               else int(resources.get("CPU", 1) // job.generate.cpus_per_actor))
 
 
 def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:
@@ -24,7 +145,8 @@ def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:
     classifier, info = load_classifier(job.run.classifier_file, dataset.image_shape, dataset.num_classes)
     device = default_device()
     classifier.to(device).eval().requires_grad_(False)
-    method, meta = load_generator(job.run.generator_file(job.generate.method), device, classifier)
+    generator_file = job.run.generator_file(job.generate.method)
+    method, meta = load_generator(generator_file, device, classifier)
     if meta["classifier_sha256"] != info.sha256:
         raise CccError(f"the generator was trained against classifier {meta['classifier_sha256'][:12]}, "
                        f"but {str(job.run.classifier_file)!r} is {info.sha256[:12]}; retrain the generator")
@@ -32,9 +154,15 @@ def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:
     ensure_writable_dir(job.run.run_dir, "run.output_dir")
     run_metadata = {"config": asdict(job), "classifier_sha256": info.sha256, "generator_steps": meta.get("steps"),
                     "versions": versions()}
+    actors = actor_count(job)
+    chunks = None
+    if actors:
+        ensure_ray()
+        chunks = ray_data_chunks(job, generator_file, actors, resolve_use_gpu(job.run))
     report = generate_counterfeits(
         method, classifier, info.sha256, dataset, store_dir=job.run.store_dir, run_id=job.run.run_id,
         per_class=job.generate.per_class, confidence_bar=job.keep.confidence_bar, seed=job.generate.seed,
-        batch_size=job.generate.batch_size, run_metadata=run_metadata, device=device, progress=progress)
+        batch_size=job.generate.batch_size, run_metadata=run_metadata, device=device, progress=progress,
+        chunks=chunks)
     write_report(report, job.run.run_dir / f"generate-{method.name}.json")
     return report

@@ -23,14 +23,14 @@ from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig, apply_overrides, dump_job
 from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray
 from ccc_ray.orchestration.train_method import loop_config_for, method_train_loop
-from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir, join_location
 from ccc_ray.tuning.objective import objective_parts
 from ccc_ray.tuning.search_space import default_space_file, load_search_space
 
 PART_COLUMNS = tuple(objective_parts(0.0, 0.0, 0.0))
 
 
-def tune_trial(params: dict, job: JobConfig, loop_config: dict, starts_dir: str) -> None:
+def tune_trial(params: dict, job: JobConfig, loop_config: dict, starts_dir: str, trials_storage: str) -> None:
     """One trial: the job with the drawn values, trained by a TorchTrainer that reports to Tune."""
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -39,17 +39,16 @@ def tune_trial(params: dict, job: JobConfig, loop_config: dict, starts_dir: str)
     Path(starts_dir, f"{trial_id}-{time.time_ns()}").touch()  # lets a test prove finished trials never rerun
     trial_job = apply_overrides(job, params)
     settings = trial_job.tune
-    resources = {"CPU": settings.cpus_per_trial}
-    if settings.gpus_per_trial > 0:
-        resources["GPU"] = settings.gpus_per_trial
+    gpus = trial_gpus(trial_job)
+    resources = {"CPU": settings.cpus_per_trial, **({"GPU": gpus} if gpus else {})}
     scoring = {"per_class": settings.score_per_class, "seed": trial_job.generate.seed}
     trainer = TorchTrainer(
         method_train_loop,
         train_loop_config={**loop_config, "job": trial_job, "objective": scoring},
         scaling_config=ray.train.ScalingConfig(num_workers=trial_job.run.num_workers,
-                                               use_gpu=settings.gpus_per_trial > 0, resources_per_worker=resources),
+                                               use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"trial-{trial_id}", storage_path=str(Path(starts_dir).parent / "trials"),
+            name=f"trial-{trial_id}", storage_path=trials_storage,
             callbacks=[TuneReportCallback()],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")))
     trainer.fit()
@@ -64,12 +63,26 @@ def to_tune(space: dict[str, dict]) -> dict:
     return {name: makers[spec["type"]](spec) for name, spec in space.items()}
 
 
+def trial_gpus(job: JobConfig) -> float:
+    """GPUs per Train worker of a trial: tune.gpus_per_trial, or one when run.use_gpu asks for GPUs."""
+    if job.tune.gpus_per_trial > 0:
+        return job.tune.gpus_per_trial
+    return 1.0 if job.run.use_gpu else 0.0
+
+
+def tune_storage(job: JobConfig) -> str:
+    """Where the search and its trials live: under run.storage_path (NFS, s3://) when set, else the run folder."""
+    if job.run.storage_path:
+        return join_location(job.run.ray_storage, "tune")
+    return str(job.run.run_dir / "tune")
+
+
 def check_trial_fits(job: JobConfig) -> None:
     """Refuse in one line a search whose single trial cannot fit the cluster (Tune would wait forever)."""
     settings, workers = job.tune, job.run.num_workers
     resources = ray.cluster_resources()
     need_cpu = workers * settings.cpus_per_trial + 0.01  # + the trial function's own small reservation
-    need_gpu = workers * settings.gpus_per_trial
+    need_gpu = workers * trial_gpus(job)
     missing = []
     if resources.get("CPU", 0) < need_cpu:
         missing.append(f"{need_cpu:g} CPUs ({workers} worker(s) x tune.cpus_per_trial {settings.cpus_per_trial:g}), "
@@ -90,17 +103,19 @@ def run_tune(job: JobConfig, progress=print) -> dict:
                        "give one with --tune.search_space")
     space = load_search_space(space_file)  # every bad space fails here, before Ray starts
     loop_config, _ = loop_config_for(job, method)
-    storage = ensure_writable_dir(job.run.run_dir / "tune", "run.output_dir")
+    storage = tune_storage(job)
+    ensure_writable_dir(storage, "run.storage_path" if job.run.storage_path else "run.output_dir")
     name = f"{job.run.run_id}-tune-{method}"
     claim_run(dataclasses.replace(job.run, storage_path=str(storage)), name,
               {"job": dataclasses.asdict(job), "space": space})
-    experiment = storage / name
-    starts = ensure_writable_dir(experiment.parent / f"{name}-starts", "run.output_dir")
+    experiment = join_location(storage, name)
+    starts = ensure_writable_dir(job.run.run_dir / "tune" / f"{name}-starts", "run.output_dir")
     ensure_ray()
     check_trial_fits(job)
     reports = max(1, job.method_config(method).steps // job.run.checkpoint_every)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, job=job, loop_config=loop_config, starts_dir=str(starts)),
+        tune.with_parameters(tune_trial, job=job, loop_config=loop_config, starts_dir=str(starts),
+                             trials_storage=str(join_location(storage, "trials"))),
         {"CPU": 0.01})  # the trial function only waits; its Train workers ask for the CPUs and GPUs
     if tune.Tuner.can_restore(str(experiment)):
         progress(f"[tune] resuming the search in {experiment}")
@@ -124,7 +139,7 @@ def run_tune(job: JobConfig, progress=print) -> dict:
                                                                          max_concurrent=job.tune.max_concurrent_trials)),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1))
     results = tuner.fit()
-    return summarise(job, space, results, reports, storage / name, progress)
+    return summarise(job, space, results, reports, experiment, progress)
 
 
 def summarise(job: JobConfig, space: dict, results, reports: int, experiment: Path, progress) -> dict:
