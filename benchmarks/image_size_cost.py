@@ -155,7 +155,7 @@ def main() -> None:
                 timings.setdefault(stage, {})[name] = (seconds, count)
                 units[stage] = unit
                 print(f"  {name:<9} {stage:<26} {seconds:8.3f} s for {count} {unit} "
-                      f"({count / seconds:,.0f} {unit}/s)", flush=True)
+                      f"({count / seconds:,.1f} {unit}/s)", flush=True)
 
     print(f"\n| stage | digits 8x8 | mnist_5k 28x28 | time ratio | cost ratio per unit (pixels: {PIXEL_RATIO:.2f}x) |")
     print("|---|---|---|---|---|")
@@ -163,8 +163,8 @@ def main() -> None:
         (small_s, small_n), (large_s, large_n) = by_name["digits"], by_name["mnist_5k"]
         unit = units[stage]
         per_unit = (large_s / large_n) / (small_s / small_n)
-        print(f"| {stage} | {small_s:.3f} s ({small_n / small_s:,.0f} {unit}/s) | {large_s:.3f} s "
-              f"({large_n / large_s:,.0f} {unit}/s) | {large_s / small_s:.2f}x | **{per_unit:.2f}x** |")
+        print(f"| {stage} | {small_s:.3f} s ({small_n / small_s:,.1f} {unit}/s) | {large_s:.3f} s "
+              f"({large_n / large_s:,.1f} {unit}/s) | {large_s / small_s:.2f}x | **{per_unit:.2f}x** |")
 
 
 if __name__ == "__main__":
