@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ import torch
 from ccc_ray import cli
 from ccc_ray.data import DataConfig, load_dataset
 from ccc_ray.data.mnist_5k import load_mnist_5k_arrays, mnist_5k_path
+from ccc_ray.config import load_config
 from ccc_ray.errors import CccError
+from ccc_ray.job_config import JobConfig
 
 torch.set_num_threads(1)
 
@@ -61,6 +64,14 @@ def test_needs_no_root_and_conforms_size_and_channels():
     assert float(dataset.train_images.min()) >= 0 and float(dataset.train_images.max()) <= 1
     # Grey repeated into RGB: the three channels are equal.
     assert torch.equal(dataset.train_images[:, 0], dataset.train_images[:, 2])
+
+
+def test_the_shipped_mnist_config_loads_and_leaves_digits_defaults_alone():
+    config_file = Path(__file__).resolve().parents[2] / "configs" / "mnist_5k.yaml"
+    job = load_config(JobConfig, config_file)
+    assert job.data.name == "mnist_5k" and job.data.root is None
+    assert job.generator.steps < JobConfig().generator.steps
+    assert JobConfig().data.name == "digits"
 
 
 # ---------------------------------------------------------------- bad installs
