@@ -62,10 +62,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="seed 001: independent MAP-Elites runs per encoding")
     parser.add_argument("--ascent-per-class", type=int, default=10, help="seed 001: gradient-ascent images per class")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seeds-to-run", default="000,001", help="which seed papers' tables to compute")
     return parser.parse_args()
 
 
-def seed_000(run_dir: Path, classifier, sha256: str, data, per_class: int, out: Path) -> dict:
+def inversion_figures(run_dir: Path, classifier, sha256: str, data, per_class: int, out: Path) -> dict:
     """The generate stage on the run's generator, into a scratch store, plus a grid of kept counterfeits."""
     method, meta = load_generator(run_dir / "generator-inversion.safetensors")
     if meta["classifier_sha256"] != sha256:
@@ -76,9 +77,13 @@ def seed_000(run_dir: Path, classifier, sha256: str, data, per_class: int, out: 
                                        per_class=per_class, threshold=KEEP_BAR, seed=1, batch_size=1000,
                                        run_metadata={}, progress=False)
         seconds = time.perf_counter() - start
-    targets = torch.arange(data.num_classes).repeat_interleave(8)
+    # The grid shows kept counterfeits only: 32 draws per class, the first 8 at >= KEEP_BAR.
+    targets = torch.arange(data.num_classes).repeat_interleave(32)
     images = dequantize(quantize(method.sample(targets, seed=1)))
-    counterfeit_grid_png(images, targets, data.class_names, out / "mnist_5k-inversion-grid.png")
+    with torch.no_grad():
+        confidence = torch.softmax(classifier(images), 1)[torch.arange(len(targets)), targets]
+    kept = confidence >= KEEP_BAR
+    counterfeit_grid_png(images[kept], targets[kept], data.class_names, out / "mnist_5k-inversion-grid.png")
     return {**report.to_dict(), "seconds": seconds, "generator_steps": meta.get("steps")}
 
 
@@ -117,6 +122,56 @@ def per_class_median(runs: list[dict], key: str) -> list[float]:
     return [statistics.median(run[key][k] for run in runs) for k in range(len(runs[0][key]))]
 
 
+def seed_000_table(run_dir: Path, model, sha256: str, data, per_class: int, out: Path) -> dict:
+    print(f"\nSeed 000: network-inversion counterfeits, {per_class} per class, kept at >= {KEEP_BAR}")
+    s0 = inversion_figures(run_dir, model, sha256, data, per_class, out)
+    diversity = s0["diversity_ratio_per_class"]
+    print(f"kept {s0['kept']}/{s0['sampled']} = {s0['kept_share']:.3f}; per class "
+          + ", ".join(f"{float(v):.2f}" for v in s0["kept_share_per_class"].values()))
+    print(f"nearest-train distance ratio {s0['distance_ratio']:.2f} ({s0['mean_nearest_train_l2']:.3f} vs "
+          f"{s0['test_mean_nearest_train_l2']:.3f} for test images)")
+    print("within-class diversity ratio per class " + ", ".join(f"{float(v):.2f}" for v in diversity.values())
+          + f"; worst {min(map(float, diversity.values())):.2f}; {s0['seconds']:.1f} s")
+    return s0
+
+
+def seed_001_table(model, data, args: argparse.Namespace, out: Path) -> dict:
+    attacked = StoredImageClassifier(prepare_for_attack(model))
+    print(f"\nSeed 001: MAP-Elites, population {POPULATION}, {args.generations} generations, {args.seeds} seeds; "
+          f"per class median over seeds: best confidence / first generation at >= {KEEP_BAR} / at >= {PAPER_BAR} "
+          f"(-1 = not within {args.generations})")
+    tables: dict = {}
+    for name in ENCODINGS:
+        runs = [evolve(name, attacked, data, args.generations, seed) for seed in range(args.seeds)]
+        best, to_bar, to_paper = (per_class_median(runs, key) for key in
+                                  ("best", "generations_to_bar", "generations_to_paper_bar"))
+        all_at_paper = sum(all(g >= 0 for g in run["generations_to_paper_bar"]) for run in runs)
+        classes_at_paper = sum(sum(g >= 0 for g in run["generations_to_paper_bar"]) for run in runs)
+        counterfeit_grid_png(torch.cat([run["images"] for run in runs]),
+                             torch.arange(data.num_classes).repeat(len(runs)), data.class_names,
+                             out / f"mnist_5k-{name}-champions.png", per_class=len(runs))
+        seconds = statistics.median(run["seconds"] for run in runs)
+        tables[name] = {"best": best, "generations_to_bar": to_bar, "generations_to_paper_bar": to_paper,
+                        "runs_with_all_classes_at_paper_bar": all_at_paper,
+                        "class_searches_at_paper_bar": classes_at_paper, "seconds_per_run": seconds,
+                        "runs": [{k: v for k, v in run.items() if k != "images"} for run in runs]}
+        print(f"{name}: {classes_at_paper}/{len(runs) * data.num_classes} class searches at >= {PAPER_BAR}, "
+              f"{all_at_paper}/{len(runs)} runs with every class; {seconds:.1f} s per run")
+        print("  class " + " ".join(f"{k:>16}" for k in range(data.num_classes)))
+        print("  best  " + " ".join(f"{b:>16.6f}" for b in best))
+        print("  gens  " + " ".join(f"{int(a):>7} / {int(b):>6}" for a, b in zip(to_bar, to_paper)))
+
+    print(f"\nSeed 001: gradient ascent, {args.ascent_per_class} images per class, 300 steps")
+    tables["gradient_ascent"] = {}
+    for bar in (KEEP_BAR, PAPER_BAR):
+        ascent = gradient_ascent(attacked, data, args.ascent_per_class, bar)
+        tables["gradient_ascent"][str(bar)] = ascent
+        print(f"  at >= {bar}: success {ascent['success']:.2f}, per class "
+              + ", ".join(f"{s:.1f}" for s in ascent["per_class"])
+              + f"; median steps {ascent['median_steps']}; {ascent['seconds']:.1f} s")
+    return tables
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -133,49 +188,10 @@ def main() -> None:
           f"{CAFFE_LENET_PARAMETERS:,}), test accuracy {test_accuracy:.4f} on {len(data.test_images)} images")
     results: dict = {"classifier": {"sha256": info.sha256, "parameters": parameters, "test_accuracy": test_accuracy}}
 
-    print(f"\nSeed 000: network-inversion counterfeits, {args.per_class} per class, kept at >= {KEEP_BAR}")
-    results["seed_000"] = s0 = seed_000(run_dir, model, info.sha256, data, args.per_class, out)
-    diversity = s0["diversity_ratio_per_class"]
-    print(f"kept {s0['kept']}/{s0['sampled']} = {s0['kept_share']:.3f}; per class "
-          + ", ".join(f"{float(v):.2f}" for v in s0["kept_share_per_class"].values()))
-    print(f"nearest-train distance ratio {s0['distance_ratio']:.2f} ({s0['mean_nearest_train_l2']:.3f} vs "
-          f"{s0['test_mean_nearest_train_l2']:.3f} for test images)")
-    print("within-class diversity ratio per class " + ", ".join(f"{float(v):.2f}" for v in diversity.values())
-          + f"; worst {min(map(float, diversity.values())):.2f}; {s0['seconds']:.1f} s")
-
-    attacked = StoredImageClassifier(prepare_for_attack(model))
-    print(f"\nSeed 001: MAP-Elites, population {POPULATION}, {args.generations} generations, {args.seeds} seeds; "
-          f"per class median over seeds: best confidence / first generation at >= {KEEP_BAR} / at >= {PAPER_BAR} "
-          f"(-1 = not within {args.generations})")
-    results["seed_001"] = {}
-    for name in ENCODINGS:
-        runs = [evolve(name, attacked, data, args.generations, seed) for seed in range(args.seeds)]
-        best, to_bar, to_paper = (per_class_median(runs, key) for key in
-                                  ("best", "generations_to_bar", "generations_to_paper_bar"))
-        all_at_paper = sum(all(g >= 0 for g in run["generations_to_paper_bar"]) for run in runs)
-        classes_at_paper = sum(sum(g >= 0 for g in run["generations_to_paper_bar"]) for run in runs)
-        counterfeit_grid_png(torch.cat([run["images"] for run in runs]),
-                             torch.arange(data.num_classes).repeat(len(runs)), data.class_names,
-                             out / f"mnist_5k-{name}-champions.png", per_class=len(runs))
-        seconds = statistics.median(run["seconds"] for run in runs)
-        results["seed_001"][name] = {"best": best, "generations_to_bar": to_bar, "generations_to_paper_bar": to_paper,
-                                     "runs_with_all_classes_at_paper_bar": all_at_paper,
-                                     "class_searches_at_paper_bar": classes_at_paper, "seconds_per_run": seconds,
-                                     "runs": [{k: v for k, v in run.items() if k != "images"} for run in runs]}
-        print(f"{name}: {classes_at_paper}/{len(runs) * data.num_classes} class searches at >= {PAPER_BAR}, "
-              f"{all_at_paper}/{len(runs)} runs with every class; {seconds:.1f} s per run")
-        print("  class " + " ".join(f"{k:>16}" for k in range(data.num_classes)))
-        print("  best  " + " ".join(f"{b:>16.6f}" for b in best))
-        print("  gens  " + " ".join(f"{int(a):>7} / {int(b):>6}" for a, b in zip(to_bar, to_paper)))
-
-    print(f"\nSeed 001: gradient ascent, {args.ascent_per_class} images per class, 300 steps")
-    results["seed_001"]["gradient_ascent"] = {}
-    for bar in (KEEP_BAR, PAPER_BAR):
-        ascent = gradient_ascent(attacked, data, args.ascent_per_class, bar)
-        results["seed_001"]["gradient_ascent"][str(bar)] = ascent
-        print(f"  at >= {bar}: success {ascent['success']:.2f}, per class "
-              + ", ".join(f"{s:.1f}" for s in ascent["per_class"])
-              + f"; median steps {ascent['median_steps']}; {ascent['seconds']:.1f} s")
+    if "000" in args.seeds_to_run:
+        results["seed_000"] = seed_000_table(run_dir, model, info.sha256, data, args.per_class, out)
+    if "001" in args.seeds_to_run:
+        results["seed_001"] = seed_001_table(model, data, args, out)
     (out / "mnist_5k-seed-tables.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"\nwrote {out}/mnist_5k-seed-tables.json and the grid PNGs")
 
