@@ -10,7 +10,9 @@ from ccc_ray.config import option, validate_config
 from ccc_ray.data.dataset import ImageDataset, seeded_split
 from ccc_ray.errors import CccError
 
-SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn", "image_folder", "parquet")
+# Sources that ship inside an installed wheel and so need no `root`.
+EMBEDDED = ("digits", "mnist_5k")
+SOURCES = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10", "svhn", "image_folder", "parquet")
 
 
 @dataclass
@@ -27,7 +29,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.name not in SOURCES:
             raise CccError(f"data.name: unknown data set {self.name!r}; choose one of {', '.join(SOURCES)}")
-        if self.name not in ("digits",) and not self.root:
+        if self.name not in EMBEDDED and not self.root:
             raise CccError(f"data.root: data set {self.name!r} needs a local root folder or file")
         if self.channels not in (None, 1, 3):
             raise CccError(f"data.channels: must be 1 or 3, got {self.channels}")
@@ -41,6 +43,10 @@ def load_dataset(config: DataConfig) -> ImageDataset:
         from ccc_ray.data.digits import load_digits_arrays
 
         images, labels, names = load_digits_arrays()
+    elif name == "mnist_5k":
+        from ccc_ray.data.mnist_5k import load_mnist_5k_arrays
+
+        images, labels, names = load_mnist_5k_arrays()
     elif name == "image_folder":
         from ccc_ray.data.image_folder import load_image_folder
 
