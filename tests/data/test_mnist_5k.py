@@ -17,9 +17,8 @@ import torch
 from ccc_ray import cli
 from ccc_ray.data import DataConfig, load_dataset
 from ccc_ray.data.mnist_5k import load_mnist_5k_arrays, mnist_5k_path
-from ccc_ray.config import load_config
 from ccc_ray.errors import CccError
-from ccc_ray.job_config import JobConfig
+from ccc_ray.job import JobConfig, load_job
 
 torch.set_num_threads(1)
 
@@ -68,9 +67,9 @@ def test_needs_no_root_and_conforms_size_and_channels():
 
 def test_the_shipped_mnist_config_loads_and_leaves_digits_defaults_alone():
     config_file = Path(__file__).resolve().parents[2] / "configs" / "mnist_5k.yaml"
-    job = load_config(JobConfig, config_file)
+    job = load_job(config_file)
     assert job.data.name == "mnist_5k" and job.data.root is None
-    assert job.generator.steps < JobConfig().generator.steps
+    assert job.method_config("inversion").steps < JobConfig().method_config("inversion").steps
     assert JobConfig().data.name == "digits"
 
 
