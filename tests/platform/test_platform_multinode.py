@@ -73,3 +73,29 @@ def test_workers_on_two_nodes_checkpoint_through_s3(three_node_cluster, s3_keys,
     assert not (tmp_path / "nodes" / "ray").exists()  # nothing went to a local storage folder
     method, meta = load_generator(generator_file)
     assert meta["steps"] == 60 and method.step == 60
+
+
+def test_generation_actors_on_both_nodes_write_the_rows_of_one_actor(three_node_cluster, tmp_path,
+                                                                     digits_classifier_file, digits_generator_file):
+    """20,000 samples through Ray Data: one actor per worker node, the same rows as a single actor."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from ccc_ray.orchestration.generation import generate_from_file
+
+    head, worker_nodes = three_node_cluster
+    tables = {}
+    for actors in (1, 2):
+        run = tmp_path / f"actors{actors}" / "default"
+        run.mkdir(parents=True)
+        shutil.copy(digits_generator_file, run / "generator-inversion.safetensors")
+        job = load_job(None, {"run.output_dir": str(run.parent), "run.classifier_path": str(digits_classifier_file),
+                              "generate.per_class": 2000, "generate.num_actors": actors,
+                              "keep.confidence_bar": 0.3})
+        tables[actors] = pq.read_table(generate_from_file(job, progress=False).store_file, columns=["id", "image"])
+    assert tables[1].num_rows > 1000
+    assert tables[1].column("id").to_pylist() == tables[2].column("id").to_pylist()
+    assert tables[1].column("image").to_pylist() == tables[2].column("image").to_pylist()
+    samplers = [actor for actor in ray._private.state.actors().values() if "MapWorker" in actor["ActorClassName"]]
+    nodes = {actor["Address"]["NodeID"] for actor in samplers}
+    assert nodes == worker_nodes and head not in nodes  # the two-actor run used both worker nodes
