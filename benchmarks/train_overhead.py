@@ -143,6 +143,7 @@ def ray_loop(config: dict) -> None:
 
 
 def ray_run(epochs: int, variant: str, storage: str) -> dict:
+    import ray.train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -151,7 +152,14 @@ def ray_run(epochs: int, variant: str, storage: str) -> dict:
     trainer = TorchTrainer(ray_loop, train_loop_config={"job": job, "variant": variant, "times_file": str(times_file)},
                            scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(name=f"overhead-{variant}-{time.time_ns()}", storage_path=storage))
-    trainer.fit()
+    for attempt in (1, 2):  # a shared machine: a worker can miss its health check under load; retry once
+        try:
+            trainer.fit()
+            break
+        except ray.train.TrainingFailedError as error:
+            if attempt == 2:
+                raise
+            print(f"ray/{variant}: run failed ({str(error).splitlines()[0]}); retrying once", file=sys.stderr)
     return json.loads(times_file.read_text())
 
 

@@ -28,6 +28,7 @@ import operator
 import os
 import re
 import socket
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def _binary_column(rows: np.ndarray) -> pa.BinaryArray:
 
 def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
                       nearest_train_l2: np.ndarray, sample_index: np.ndarray, *, run_id: str, method: str,
-                      classifier_sha256: str, seed: int, source_id=None,
+                      classifier_sha256: str, seed: int, source_id: Sequence[str | None] | None = None,
                       mask: np.ndarray | None = None) -> pa.RecordBatch:
     """One record batch in COUNTERFEIT_SCHEMA from N x H x W x C uint8 images and per-row arrays.
 
@@ -137,7 +138,7 @@ def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np
     return pa.RecordBatch.from_arrays(list(columns.values()), schema=COUNTERFEIT_SCHEMA)
 
 
-def _source_id_column(source_id, n: int) -> pa.StringArray:
+def _source_id_column(source_id: Sequence[str | None] | None, n: int) -> pa.StringArray:
     if source_id is None:
         return pa.nulls(n, pa.string())
     try:
