@@ -1,6 +1,7 @@
 """Ray Train's cost per classifier training step against a plain PyTorch loop (issue 16, item 6).
 
-    python benchmarks/train_overhead.py [--epochs 20] [--skip 3] [--end-to-end 5,25] [--repeats 2] [--json]
+    python benchmarks/train_overhead.py [--epochs 15] [--skip 3] [--end-to-end 5,20] [--repeats 2]
+        [--health-check-interval S] [--default-threads] [--json]
 
 A step is one optimizer step of `train_epoch` (ccc_ray/classifiers/training.py): a batch of
 `classifier.batch_size` (64) digits through the default SmallCNN, on the CPU. `train_classifier`
@@ -12,7 +13,10 @@ medians over epochs and repeats:
 
 1. `plain`: the same setup and calls in this process without Ray: `train_epoch`, then the same per-epoch
    work a plain script would do (accuracy, `torch.save` of the state into a temporary folder), each timed;
-   torch at its default thread count and at 1 thread (what Ray gives a 1-CPU worker: OMP_NUM_THREADS=1).
+   torch at 1 thread, what Ray gives a 1-CPU worker (OMP_NUM_THREADS=1). Every Ray run is paired with a
+   plain run right before and one right after it, and compared with their mean: the development machine
+   is shared and its load changes from minute to minute. (`--default-threads` adds one plain run at
+   torch's default thread count, for reference.)
 2. `ray/<variant>`: the same calls inside a `TorchTrainer` with 1 worker (1 CPU, as `--run.num_workers 1`),
    timed inside the loop per epoch: `train_epoch`, accuracy, and the per-epoch report. Variants: `checkpoint`
    (report with a checkpoint, as `train_classifier` does), `report` (metrics only), `none` (no per-epoch
@@ -25,8 +29,8 @@ medians over epochs and repeats:
 run: the controller collects a worker's reports only that often, and a worker's queue holds one report, so
 `ray.train.report` blocks a loop that reports more often until the controller's next poll.
 
-Ratios are per step, against the plain loop's `train_epoch` per step at the same thread count (the same
-steps on the same compute) and at torch's default thread count.
+Ratios are per step, against the paired plain loop's `train_epoch` per step (the same steps on the same
+compute) and against its whole epoch (train, accuracy, save).
 """
 
 from __future__ import annotations
@@ -179,12 +183,13 @@ def per_step(runs: list[list[dict]], skip: int, parts: tuple[str, ...]) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per timed run (default 20)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs per timed run (default 15)")
     parser.add_argument("--skip", type=int, default=3, help="first epochs of each run left out (default 3)")
-    parser.add_argument("--end-to-end", default="5,25", help="E1,E2 epochs of the real train_classifier ('' skips)")
+    parser.add_argument("--end-to-end", default="5,20", help="E1,E2 epochs of the real train_classifier ('' skips)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each kind (default 2)")
     parser.add_argument("--variants", default="checkpoint,report,none", help="Ray per-epoch report variants")
-    parser.add_argument("--plain-threads", default="default,1", help="torch threads of the plain runs")
+    parser.add_argument("--default-threads", action="store_true",
+                        help="also time the plain loop at torch's default thread count (once, for reference)")
     parser.add_argument("--health-check-interval", type=float, default=None,
                         help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the Ray runs (default: Train's own, 2 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
@@ -196,65 +201,71 @@ def main() -> None:
     import ray
     import torch
 
-    result = {"plain": {}, "ray": {}, "end_to_end": None, "torch_default_threads": torch.get_num_threads(),
+    # Every Ray run is paired with plain runs right before and after it (1 thread, as the 1-CPU worker), and
+    # its ratio taken against their mean: on a shared machine the load changes between minutes.
+    def plain_steps() -> dict:
+        epochs = plain_run(args.epochs, 1)["epochs"]
+        return {"train": per_step([epochs], args.skip, ("train",)),
+                "epoch": per_step([epochs], args.skip, ("train", "accuracy", "report"))}
+
+    result = {"torch_default_threads": torch.get_num_threads(), "ray": {}, "end_to_end": None,
               "health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (Train's default)")}
-    for threads in (None if part == "default" else int(part) for part in args.plain_threads.split(",")):
-        runs = [plain_run(args.epochs, threads)["epochs"] for _ in range(args.repeats)]
-        result["plain"]["default" if threads is None else str(threads)] = {
-            "train_per_step_ms": 1e3 * per_step(runs, args.skip, ("train",)),
-            "epoch_per_step_ms": 1e3 * per_step(runs, args.skip, ("train", "accuracy", "report")),
-            "accuracy_ms": 1e3 * statistics.median(e["accuracy"] for r in runs for e in r[args.skip:]),
-            "save_ms": 1e3 * statistics.median(e["report"] for r in runs for e in r[args.skip:])}
+    if args.default_threads:
+        result["plain_default_threads_train_per_step_ms"] = 1e3 * per_step(
+            [plain_run(args.epochs, None)["epochs"]], args.skip, ("train",))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="warning")
     try:
         with tempfile.TemporaryDirectory(prefix="ccc-overhead-") as storage:
             for variant in args.variants.split(","):
-                runs = [ray_run(args.epochs, variant, storage) for _ in range(args.repeats)]
-                result["ray"][variant] = {
-                    "threads": runs[0]["threads"], "omp_num_threads": runs[0]["omp_num_threads"],
-                    "train_per_step_ms": 1e3 * per_step([r["epochs"] for r in runs], args.skip, ("train",)),
-                    "epoch_per_step_ms": 1e3 * per_step([r["epochs"] for r in runs], args.skip,
-                                                        ("train", "accuracy", "report")),
-                    "report_ms": 1e3 * statistics.median(e["report"] for r in runs for e in r["epochs"][args.skip:])}
+                pairs = []
+                for _ in range(args.repeats):
+                    before = plain_steps()
+                    run = ray_run(args.epochs, variant, storage)
+                    after = plain_steps()
+                    plain = {key: (before[key] + after[key]) / 2 for key in before}
+                    ray_train = per_step([run["epochs"]], args.skip, ("train",))
+                    ray_epoch = per_step([run["epochs"]], args.skip, ("train", "accuracy", "report"))
+                    pairs.append({"threads": run["threads"], "plain_train_ms": 1e3 * plain["train"],
+                                  "plain_epoch_ms": 1e3 * plain["epoch"], "ray_train_ms": 1e3 * ray_train,
+                                  "ray_epoch_ms": 1e3 * ray_epoch,
+                                  "report_ms": 1e3 * statistics.median(e["report"] for e in run["epochs"][args.skip:]),
+                                  "train_ratio": ray_train / plain["train"],
+                                  "epoch_vs_plain_train": ray_epoch / plain["train"],
+                                  "epoch_vs_plain_epoch": ray_epoch / plain["epoch"]})
+                result["ray"][variant] = {"pairs": pairs, **{
+                    key: statistics.median(pair[key] for pair in pairs)
+                    for key in ("train_ratio", "epoch_vs_plain_train", "epoch_vs_plain_epoch", "report_ms")}}
             if args.end_to_end:
                 low, high = (int(part) for part in args.end_to_end.split(","))
-                walls = {low: [], high: []}
-                for _ in range(args.repeats):
-                    for epochs in (low, high):
-                        walls[epochs].append(end_to_end_seconds(epochs, storage))
                 steps = len(training_setup(make_job(1, storage))[2])
-                result["end_to_end"] = {
-                    "epochs": [low, high], "wall_s": walls, "steps_per_epoch": steps,
-                    "per_step_ms": 1e3 * (statistics.median(walls[high]) - statistics.median(walls[low]))
-                    / ((high - low) * steps)}
+                pairs = []
+                for _ in range(args.repeats):
+                    before = plain_steps()
+                    walls = {epochs: end_to_end_seconds(epochs, storage) for epochs in (low, high)}
+                    after = plain_steps()
+                    per = (walls[high] - walls[low]) / ((high - low) * steps)
+                    pairs.append({"wall_s": walls, "per_step_ms": 1e3 * per,
+                                  "plain_train_ms": 1e3 * (before["train"] + after["train"]) / 2,
+                                  "plain_epoch_ms": 1e3 * (before["epoch"] + after["epoch"]) / 2,
+                                  "vs_plain_train": per / ((before["train"] + after["train"]) / 2),
+                                  "vs_plain_epoch": per / ((before["epoch"] + after["epoch"]) / 2)})
+                result["end_to_end"] = {"epochs": [low, high], "steps_per_epoch": steps, "pairs": pairs,
+                                        "vs_plain_train": statistics.median(p["vs_plain_train"] for p in pairs),
+                                        "vs_plain_epoch": statistics.median(p["vs_plain_epoch"] for p in pairs)}
     finally:
         ray.shutdown()
-
-    worker_threads = next(iter(result["ray"].values()))["threads"]
-    plain_same = result["plain"].get(str(worker_threads), result["plain"].get("default"))
-    plain_default = result["plain"].get("default", plain_same)
-    ratios = {}
-    for variant, figures in result["ray"].items():
-        ratios[f"ray/{variant} train steps vs plain (same threads)"] = (
-            figures["train_per_step_ms"] / plain_same["train_per_step_ms"])
-        ratios[f"ray/{variant} whole epoch vs plain train steps (same threads)"] = (
-            figures["epoch_per_step_ms"] / plain_same["train_per_step_ms"])
-        ratios[f"ray/{variant} whole epoch vs plain whole epoch (same threads)"] = (
-            figures["epoch_per_step_ms"] / plain_same["epoch_per_step_ms"])
-        ratios[f"ray/{variant} whole epoch vs plain train steps (torch default threads)"] = (
-            figures["epoch_per_step_ms"] / plain_default["train_per_step_ms"])
-    if result["end_to_end"]:
-        ratios["ray/end-to-end train_classifier vs plain train steps (same threads)"] = (
-            result["end_to_end"]["per_step_ms"] / plain_same["train_per_step_ms"])
-        ratios["ray/end-to-end train_classifier vs plain whole epoch (same threads)"] = (
-            result["end_to_end"]["per_step_ms"] / plain_same["epoch_per_step_ms"])
-    result["ratios"] = ratios
     if args.json:
         print(json.dumps(result))
         return
-    print(json.dumps({key: value for key, value in result.items() if key != "ratios"}, indent=1, default=str))
-    for name, value in ratios.items():
-        print(f"{value:6.2f}x  {name}")
+    print(json.dumps(result, indent=1, default=str))
+    for variant, figures in result["ray"].items():
+        print(f"ray/{variant}: train steps {figures['train_ratio']:.2f}x plain; whole epoch "
+              f"{figures['epoch_vs_plain_train']:.2f}x plain train steps, {figures['epoch_vs_plain_epoch']:.2f}x plain "
+              f"whole epoch; report {figures['report_ms']:.0f} ms")
+    if result["end_to_end"]:
+        e2e = result["end_to_end"]
+        print(f"ray/end-to-end train_classifier: {e2e['vs_plain_train']:.2f}x plain train steps, "
+              f"{e2e['vs_plain_epoch']:.2f}x plain whole epoch")
 
 
 if __name__ == "__main__":
