@@ -28,6 +28,7 @@ import operator
 import os
 import re
 import socket
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ccc_ray.errors import CccError
-from ccc_ray.store.files import ensure_writable_dir, filesystem_for, is_uri, join_location
+from ccc_ray.storage import ensure_writable_dir, filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, RUN_METADATA_KEY
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -94,14 +95,14 @@ def _fixed_offsets(n: int, size: int) -> pa.Buffer:
 
 def _binary_column(rows: np.ndarray) -> pa.BinaryArray:
     """One binary value per row of an N x ... uint8 array, built on one contiguous buffer (no copy per row)."""
-    n = len(rows)
-    flat = np.ascontiguousarray(rows).reshape(n, int(np.prod(rows.shape[1:])))  # -1 cannot infer for n = 0
-    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, _fixed_offsets(n, flat.shape[1]), pa.py_buffer(flat)])
+    n, size = len(rows), int(np.prod(rows.shape[1:]))
+    flat = np.ascontiguousarray(rows).reshape(n, size)
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, _fixed_offsets(n, size), pa.py_buffer(flat)])
 
 
 def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
                       nearest_train_l2: np.ndarray, sample_index: np.ndarray, *, run_id: str, method: str,
-                      classifier_sha256: str, seed: int, source_id=None,
+                      classifier_sha256: str, seed: int, source_id: Sequence[str | None] | None = None,
                       mask: np.ndarray | None = None) -> pa.RecordBatch:
     """One record batch in COUNTERFEIT_SCHEMA from N x H x W x C uint8 images and per-row arrays.
 
@@ -137,7 +138,7 @@ def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np
     return pa.RecordBatch.from_arrays(list(columns.values()), schema=COUNTERFEIT_SCHEMA)
 
 
-def _source_id_column(source_id, n: int) -> pa.StringArray:
+def _source_id_column(source_id: Sequence[str | None] | None, n: int) -> pa.StringArray:
     if source_id is None:
         return pa.nulls(n, pa.string())
     try:
@@ -176,8 +177,8 @@ class CounterfeitWriter:
     def __init__(self, store: str | Path, method: str, run_id: str, run_metadata: dict[str, Any],
                  class_names: list[str]):
         self.path = store_file(store, method, run_id)
-        ensure_writable_dir(store, "run.counterfeit_store")
-        self._fs, self._target = filesystem_for(self.path, "run.counterfeit_store")
+        ensure_writable_dir(store, "run.store_path")
+        self._fs, self._target = filesystem_for(self.path, "run.store_path")
         self._local = not is_uri(self.path)
         folder, name = self._target.rsplit("/", 1)
         self._tmp_prefix = f"{folder}/.{name}."
@@ -207,7 +208,7 @@ class CounterfeitWriter:
                 self._fs.move(self._tmp, self._target)  # S3/GCS: one server-side copy, then delete
         except (OSError, pa.ArrowException) as error:
             self._delete_tmp()
-            raise CccError(f"run.counterfeit_store: could not put {str(self.path)!r} in place ({error})") from None
+            raise CccError(f"run.store_path: could not put {str(self.path)!r} in place ({error})") from None
         self._remove_stale_temporaries()
         return self.path
 

@@ -126,3 +126,11 @@ def test_stores_with_bad_lineage_columns_are_refused(tmp_path):
     pq.write_table(retyped, tmp_path / "retyped.parquet")
     with pytest.raises(CccError, match="column 'source_id' is int64, expected string"):
         read_store(tmp_path / "retyped.parquet")
+
+
+def test_an_empty_batch_is_a_valid_batch(tmp_path):
+    """Searches that keep nothing in a round hand the store empty arrays; they write no rows, and no error."""
+    empty = make_batch(make_images(0), mask=make_masks(0), source_id=[])
+    assert empty.num_rows == 0 and empty.schema.equals(COUNTERFEIT_SCHEMA)
+    path = write(tmp_path, empty, make_batch(make_images(2)), make_batch(make_images(0), start=2))
+    assert read_store(path).num_rows == 2
