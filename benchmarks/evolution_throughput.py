@@ -8,17 +8,19 @@
    every population in --populations and thread count in --thread-counts, with the torch classifier and
    (with --ratio-backends torch,onnx) its ONNX export in onnxruntime. The ratio's baseline is the naive
    loop at the best of --naive-thread-counts.
-2. Confident counterfeits (confidence >= threshold on the stored uint8 image) per second of wall time:
-   the trained inversion generator of the foundation issue (with --run-dir), direct-encoding and CPPN
-   MAP-Elites run until all classes are fooled, and gradient ascent on a batch of targets. The searches
-   are those of `ccc-ray attack` (`ccc_ray.counterfeits.search.run_search`), in this process.
-3. Per class, the generations and classifier evaluations the evolution needed to reach the threshold.
+2. Confident counterfeits (confidence >= the confidence bar on the stored uint8 image) per second of wall
+   time: the trained inversion generator of the foundation issue (with --run-dir), direct-encoding and
+   CPPN MAP-Elites run until all classes are fooled, and gradient ascent on a batch of targets. The
+   searches are those of `ccc-ray attack` (`build_search` + `search_run` of `ccc_ray.counterfeits.search`),
+   in this process; the generator's samples are judged by the keep rule (`score_as_stored`).
+3. Per class, the generations and classifier evaluations the evolution needed to reach the confidence bar.
 4. The black-box path: the same runs against the classifier's ONNX export (onnxruntime); the largest
    difference of the champions' confidences from the torch runs.
 
-Figures are medians over --repeats runs. Run from the repository root:
+Figures are medians over --repeats runs; --sections picks which to run (2 means sections 2-4, which
+share their runs). Run from the repository root:
 
-    .venv/bin/python benchmarks/evolution_throughput.py --run-dir /tmp/full1/default --repeats 5
+    .venv/bin/python benchmarks/evolution_throughput.py --run-dir /tmp/bench-runs/default --repeats 5
 """
 
 from __future__ import annotations
@@ -33,16 +35,17 @@ from pathlib import Path
 
 import torch
 
-from ccc_ray.counterfeits.search import AttackRun, run_search
 from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.classifiers.training import accuracy, train_epoch
+from ccc_ray.counterfeits.keep import score_as_stored
+from ccc_ray.counterfeits.search import AttackRun, build_search, search_run
 from ccc_ray.data.sources import DataConfig, load_dataset
-from ccc_ray.job import AttackSettings
+from ccc_ray.methods import METHODS
 from ccc_ray.methods.cppn import Cppn, CppnConfig
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
+from ccc_ray.methods.gradient_ascent import GradientAscentConfig
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig, class_probabilities
-from ccc_ray.counterfeits.quality import dequantize, quantize
 
 EVOLUTION = ("direct_encoding", "cppn")
 
@@ -64,12 +67,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--evaluations", type=int, default=20000,
                         help="classifier evaluations timed per cell of section 1 (rounded to whole generations)")
     parser.add_argument("--population", type=int, default=200, help="offspring per generation in sections 2-4")
-    parser.add_argument("--max-generations", type=int, default=1000, help="budget of the runs to the threshold")
+    parser.add_argument("--max-generations", type=int, default=1000, help="budget of the runs to the confidence bar")
     parser.add_argument("--ascent-targets", type=int, default=100, help="images per gradient-ascent batch")
     parser.add_argument("--generator-samples", type=int, default=1000, help="images the generator samples")
-    parser.add_argument("--threshold", type=float, default=0.99, help="confidence that counts as fooled")
+    parser.add_argument("--confidence-bar", type=float, default=0.99,
+                        help="confidence on the stored image that counts as fooled (as --keep.confidence_bar)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (the median is printed)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in sections 2-4")
+    parser.add_argument("--sections", default="0,1,2", help="sections to run, comma-separated: 0 (layout), "
+                        "1 (batched vs naive), 2 (sections 2-4: counterfeits/s, generations, ONNX)")
     return parser.parse_args()
 
 
@@ -200,7 +206,7 @@ def section_ratio(args, model, onnx_path: Path, data) -> None:
             generations = max(1, round(args.evaluations / population) - 1)
             evaluations = population * (generations + 1)
             timing = MapElitesConfig(population_size=population, max_generations=generations,
-                                     stop_at_threshold=False, threshold=args.threshold)
+                                     stop_at_threshold=False, threshold=args.confidence_bar)
             for name in EVOLUTION:
                 encoding = encoding_for(name, shape)
                 search = MapElites(timing, encoding)
@@ -227,7 +233,8 @@ def section_ratio(args, model, onnx_path: Path, data) -> None:
 
 
 def generator_rate(args, model, data, classifier_file) -> tuple[float, int, int, float] | None:
-    """(counterfeits/s, kept, sampled, seconds) of the run's inversion generator, median over repeats."""
+    """(counterfeits/s, kept, sampled, seconds) of the run's inversion generator, median over repeats:
+    sampling plus the keep rule (quantize to uint8, re-score, the bar), as `ccc-ray generate` does."""
     from ccc_ray.classifiers.weights import load_classifier
     from ccc_ray.methods.generator_file import load_generator
 
@@ -242,31 +249,32 @@ def generator_rate(args, model, data, classifier_file) -> tuple[float, int, int,
     rates, kept, seconds = [], [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
-        with torch.no_grad():
-            images = dequantize(quantize(method.sample(targets, seed=repeat)))
-            confidence = torch.softmax(model(images), 1)[torch.arange(len(targets)), targets]
+        scored = score_as_stored(method.sample(targets, seed=repeat), targets, model, args.confidence_bar, "cpu")
         seconds.append(time.perf_counter() - start)
-        kept.append(int((confidence >= args.threshold).sum()))
+        kept.append(int(scored.kept.sum()))
         rates.append(kept[-1] / seconds[-1])
     return median(rates), int(median(kept)), len(targets), median(seconds)
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    model, data, test_accuracy, classifier_file = digits_classifier(args)
+def search_config(name: str, args: argparse.Namespace):
+    """The method's config section with the benchmark's budget (evolution) or its defaults (gradient ascent)."""
+    if name in EVOLUTION:
+        return METHODS[name].config_class(population_size=args.population, max_generations=args.max_generations)
+    return GradientAscentConfig()
+
+
+def timed_search(name: str, config, classifier, classes: int, shape, bar: float, run: AttackRun):
+    """(RunResult, seconds) of one `ccc-ray attack` run; building the method is timed too, as it is per run."""
+    start = time.perf_counter()
+    method = build_search(METHODS[name], config, classifier, classes, shape, bar)
+    result = search_run(method, run)
+    return result, time.perf_counter() - start
+
+
+def section_counterfeits(args, model, onnx_path: Path, data, classifier_file) -> None:
+    """Sections 2-4: counterfeits per second, generations per class, and the same runs against ONNX."""
     shape, classes = data.image_shape, data.num_classes
-    print(f"torch {torch.__version__}, CPU, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the "
-          f"start); digits SmallCNN {classifier_file or f'trained here for {args.epochs} epochs'}, "
-          f"test accuracy {test_accuracy:.4f}; median of {args.repeats} repeats")
-    folder = tempfile.TemporaryDirectory(prefix="ccc-bench-")
-    onnx_path = export_for_onnx(model, data, folder.name)
-    section_layout(args, model, shape)
-    model = prepare_for_attack(model)  # what `ccc-ray attack` does to a torch classifier
-
-    section_ratio(args, model, onnx_path, data)
-
-    print(f"\n2. confident counterfeits (confidence >= {args.threshold} on the stored uint8 image) per second, "
+    print(f"\n2. confident counterfeits (confidence >= {args.confidence_bar} on the stored uint8 image) per second, "
           f"{args.threads} thread(s); evolution: population {args.population}, all {classes} classes per run, "
           f"at most {args.max_generations} generations")
     print(f"{'method':<17}{'counterfeits/s':>15}{'kept':>11}{'seconds':>9}")
@@ -277,33 +285,33 @@ def main() -> None:
         rate, kept, sampled, seconds = generated
         print(f"{'inversion':<17}{rate:>15.1f}{kept:>6}/{sampled:<4}{seconds:>9.3f}")
     all_classes = tuple(range(classes))
+    bar = args.confidence_bar
     results = {}
     for name in EVOLUTION:
-        settings = AttackSettings(method=name, population_size=args.population,
-                                  max_generations=args.max_generations, threshold=args.threshold)
+        config = search_config(name, args)
         rates, kept, seconds, runs = [], [], [], []
         for repeat in range(args.repeats):
-            start = time.perf_counter()
-            result = run_search(settings, model, classes, shape, AttackRun(repeat, 0, all_classes, repeat))
-            seconds.append(time.perf_counter() - start)
-            kept.append(int((result.confidences >= args.threshold).sum()))
+            result, took = timed_search(name, config, model, classes, shape, bar,
+                                        AttackRun(repeat, 0, all_classes, repeat))
+            seconds.append(took)
+            kept.append(int((result.confidences >= bar).sum()))
             rates.append(kept[-1] / seconds[-1])
             runs.append(result)
-        results[name] = (settings, runs)
+        results[name] = (config, runs)
         print(f"{name:<17}{median(rates):>15.1f}{median(kept):>6.0f}/{classes:<4}{median(seconds):>9.3f}")
-    settings = AttackSettings(method="gradient_ascent", threshold=args.threshold)
+    config = search_config("gradient_ascent", args)
     targets = tuple(int(t) for t in torch.arange(args.ascent_targets) % classes)
     rates, kept, seconds = [], [], []
     for repeat in range(args.repeats):
-        start = time.perf_counter()
-        result = run_search(settings, model, classes, shape, AttackRun(repeat, 0, targets, repeat))
-        seconds.append(time.perf_counter() - start)
-        kept.append(int((result.confidences >= args.threshold).sum()))
+        result, took = timed_search("gradient_ascent", config, model, classes, shape, bar,
+                                    AttackRun(repeat, 0, targets, repeat))
+        seconds.append(took)
+        kept.append(int((result.confidences >= bar).sum()))
         rates.append(kept[-1] / seconds[-1])
     print(f"{'gradient_ascent':<17}{median(rates):>15.1f}{median(kept):>6.0f}/{len(targets):<4}{median(seconds):>9.3f}")
 
     print("\n3. per class, median over the repeats: generations (evaluations) until the champion first "
-          f"reached {args.threshold}; -1 = not within {args.max_generations} generations")
+          f"reached {bar}; -1 = not within {args.max_generations} generations")
     print(f"{'class':<16}" + "".join(f"{k:>14}" for k in range(classes)))
     for name, (_, runs) in results.items():
         generations = torch.tensor([r.generations.tolist() for r in runs]).median(0).values
@@ -315,17 +323,36 @@ def main() -> None:
     onnx = OnnxClassifier(onnx_path, num_threads=args.threads, spin_wait=False)
     print("\n4. the same runs against the ONNX export (onnxruntime, black box): champions' confidences")
     print(f"{'method':<17}{'max |torch - onnx|':>19}{'same images':>13}{'same generations':>18}{'onnx seconds':>14}")
-    for name, (settings, runs) in results.items():
+    for name, (config, runs) in results.items():
         gaps, same_images, same_generations, seconds = [], True, True, []
         for repeat, by_torch in enumerate(runs):
-            start = time.perf_counter()
-            by_onnx = run_search(settings, onnx, classes, shape, AttackRun(repeat, 0, all_classes, repeat))
-            seconds.append(time.perf_counter() - start)
+            by_onnx, took = timed_search(name, config, onnx, classes, shape, bar,
+                                         AttackRun(repeat, 0, all_classes, repeat))
+            seconds.append(took)
             gaps.append(float(abs(by_onnx.confidences - by_torch.confidences).max()))
             same_images &= bool((by_onnx.images == by_torch.images).all())
             same_generations &= bool((by_onnx.generations == by_torch.generations).all())
         print(f"{name:<17}{max(gaps):>19.2e}{same_images!s:>13}{same_generations!s:>18}"
               f"{median(seconds):>14.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, data, test_accuracy, classifier_file = digits_classifier(args)
+    print(f"torch {torch.__version__}, CPU, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the "
+          f"start); digits SmallCNN {classifier_file or f'trained here for {args.epochs} epochs'}, "
+          f"test accuracy {test_accuracy:.4f}; median of {args.repeats} repeats")
+    sections = {int(part) for part in args.sections.split(",")}
+    folder = tempfile.TemporaryDirectory(prefix="ccc-bench-")
+    onnx_path = export_for_onnx(model, data, folder.name)
+    if 0 in sections:
+        section_layout(args, model, data.image_shape)
+    model = prepare_for_attack(model)  # what `ccc-ray attack` does to a torch classifier
+    if 1 in sections:
+        section_ratio(args, model, onnx_path, data)
+    if 2 in sections:
+        section_counterfeits(args, model, onnx_path, data, classifier_file)
     folder.cleanup()
 
 

@@ -28,6 +28,7 @@ def main() -> None:
     from ccc_ray.export.onnx_export import check_parity, export_onnx
     from ccc_ray.export.onnx_runtime import OnnxClassifier, choose_providers
     from ccc_ray.counterfeits.generate import generate_counterfeits
+    from ccc_ray.methods import MethodContext
     from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,23 +49,24 @@ def main() -> None:
     for name in ([device.type, "cpu"] if device.type == "cuda" else ["cpu"]):
         target = torch.device(name)
         classifier = model.to(target)
-        method = NetworkInversion(InversionConfig(steps=args.steps), data.image_shape, data.num_classes, target)
-        method.training_step(classifier, torch.Generator(device=target).manual_seed(0))
+        config = InversionConfig(steps=args.steps)
+        method = NetworkInversion(config, MethodContext(data.image_shape, data.num_classes, classifier, target))
+        method.training_step(None, torch.Generator(device=target).manual_seed(0), config.batch_size)
         if target.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for step in range(args.steps):
-            method.training_step(classifier, torch.Generator(device=target).manual_seed(step + 1))
+            method.training_step(None, torch.Generator(device=target).manual_seed(step + 1), config.batch_size)
         if target.type == "cuda":
             torch.cuda.synchronize()
         rates[name] = args.steps / (time.perf_counter() - start)
-        print(f"generator on {name}: {rates[name]:.1f} steps/s (batch 256)")
+        print(f"generator on {name}: {rates[name]:.1f} steps/s (batch {config.batch_size})")
         if name == device.type:
             trained = method
     model.to(device)
     with tempfile.TemporaryDirectory() as folder:
         report = generate_counterfeits(trained, model, "gpu-smoke", data, store_dir=Path(folder), run_id="gpu",
-                                       per_class=100, threshold=0.99, seed=1, batch_size=1000, run_metadata={},
+                                       per_class=100, confidence_bar=0.99, seed=1, batch_size=1000, run_metadata={},
                                        device=device, progress=False)
         print(f"generate on {device}: kept {report.kept}/{report.sampled}, distance ratio {report.distance_ratio:.2f}")
         path = Path(folder) / "model.onnx"

@@ -5,10 +5,11 @@
 Each measurement runs in a fresh Python process, so its peak RSS (getrusage ru_maxrss) is its own:
 
 - `generate`: the real `ccc_ray.counterfeits.generate.generate_counterfeits` (quantize to uint8, re-score with the
-  classifier, keep >= threshold, nearest-train distance, lineage columns, streaming atomic write), fed by
+  classifier, the keep rule, nearest-train distance, lineage columns, streaming atomic write), fed by
   stand-ins so that only the streaming is measured: a method whose `sample()` returns uniform random
   images (seeded per batch), a linear classifier with zero weights (every image scores 1/K, so every row
-  is kept at threshold 0.05) and a data set of 50 random training images. A load test, not a quality test.
+  is kept at confidence bar 0.05) and a data set of 50 random training images. A load test, not a quality
+  test.
 - `store`: the same arrays written through `counterfeit_batch` + `CounterfeitWriter` only (the store's own
   overhead: row ids, lineage columns, the hidden temporary and the rename).
 - `pyarrow`: the same record batches written with a plain `pyarrow.parquet.ParquetWriter` (zstd, as the
@@ -35,7 +36,7 @@ import numpy as np
 
 NUM_CLASSES = 10
 SEED = 1
-THRESHOLD = 0.05
+CONFIDENCE_BAR = 0.05
 
 
 def peak_rss_mb() -> float:
@@ -54,6 +55,12 @@ class RandomImages:
         import torch
 
         return torch.rand(len(targets), *self.image_shape, generator=torch.Generator().manual_seed(seed))
+
+    def sample_with_lineage(self, targets, seed: int, dataset=None):
+        """What `generate` calls: the images, with no source ids or masks (as a method that starts from nothing)."""
+        from ccc_ray.methods import Sampled
+
+        return Sampled(self.sample(targets, seed))
 
 
 def stand_ins(image_shape: tuple[int, int, int]):
@@ -109,7 +116,7 @@ def child(mode: str, rows: int, batch_size: int, image_shape: tuple[int, int, in
         baseline = peak_rss_mb()
         started = time.perf_counter()
         report = generate_counterfeits(method, classifier, "0" * 64, dataset, store_dir=out, run_id="load",
-                                       per_class=rows // NUM_CLASSES, threshold=THRESHOLD, seed=SEED,
+                                       per_class=rows // NUM_CLASSES, confidence_bar=CONFIDENCE_BAR, seed=SEED,
                                        batch_size=batch_size, run_metadata={"benchmark": "store_load"},
                                        progress=False)
         seconds = time.perf_counter() - started

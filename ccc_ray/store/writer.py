@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ccc_ray.errors import CccError
-from ccc_ray.storage import ensure_writable_dir, filesystem_for, is_uri, join_location
+from ccc_ray.store.files import ensure_writable_dir, filesystem_for, is_uri, join_location
 from ccc_ray.store.schema import CLASS_NAMES_KEY, COUNTERFEIT_SCHEMA, RUN_METADATA_KEY
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -177,8 +177,8 @@ class CounterfeitWriter:
     def __init__(self, store: str | Path, method: str, run_id: str, run_metadata: dict[str, Any],
                  class_names: list[str]):
         self.path = store_file(store, method, run_id)
-        ensure_writable_dir(store, "run.store_path")
-        self._fs, self._target = filesystem_for(self.path, "run.store_path")
+        ensure_writable_dir(store, "run.counterfeit_store")
+        self._fs, self._target = filesystem_for(self.path, "run.counterfeit_store")
         self._local = not is_uri(self.path)
         folder, name = self._target.rsplit("/", 1)
         self._tmp_prefix = f"{folder}/.{name}."
@@ -208,7 +208,7 @@ class CounterfeitWriter:
                 self._fs.move(self._tmp, self._target)  # S3/GCS: one server-side copy, then delete
         except (OSError, pa.ArrowException) as error:
             self._delete_tmp()
-            raise CccError(f"run.store_path: could not put {str(self.path)!r} in place ({error})") from None
+            raise CccError(f"run.counterfeit_store: could not put {str(self.path)!r} in place ({error})") from None
         self._remove_stale_temporaries()
         return self.path
 
