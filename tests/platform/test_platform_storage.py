@@ -114,3 +114,23 @@ def test_generate_writes_its_store_to_s3(s3_server, s3_keys, tmp_path, capsys, d
     filesystem, path = filesystem_for(f"{store}/inversion-s3run.parquet", "test")
     assert pq.read_table(path, filesystem=filesystem).num_rows == table.num_rows
     assert (tmp_path / "s3run" / "generate-inversion.json").is_file()  # reports stay in the local run folder
+
+
+def test_tune_trials_checkpoint_under_an_s3_storage_path(s3_server, s3_keys, tmp_path, digits_classifier_file):
+    """`ccc-ray tune --run.storage_path s3://...`: the search and each trial's Train checkpoints are objects."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        code = main(["tune", "--run.output_dir", str(tmp_path), "--run.classifier_path", str(digits_classifier_file),
+                     "--run.storage_path", f"s3://{BUCKET}/tuned", "--inversion.steps", "20",
+                     "--inversion.batch_size", "32", "--run.checkpoint_every", "10", "--tune.num_samples", "1",
+                     "--tune.scheduler", "fifo", "--tune.score_per_class", "3", "--keep.confidence_bar", "0.3"])
+    finally:
+        ray.shutdown()
+    assert code == 0
+    keys = s3_keys("tuned/tune/")
+    assert any(key.startswith("tuned/tune/default-tune-inversion/") for key in keys), keys
+    assert any(key.startswith("tuned/tune/trials/") and key.endswith("/state.pt") for key in keys), keys
+    assert not (tmp_path / "default" / "ray").exists()
+    assert (tmp_path / "default" / "tune-best.yaml").is_file()  # tables and the best config stay local
