@@ -199,7 +199,7 @@ def test_onnx_models_are_validated(tmp_path, capsys, kind, message):
     ("- a\n- b\n", "must hold a mapping of sections, not list"),
     ("run:\n  num_workers: many\n", "run.num_workers: expected an integer, got 'many'"),
     ("run:\n  nmu_workers: 2\n", "run: unknown setting 'nmu_workers'"),
-    ("generate:\n  threshold: 7\n", "keep.confidence_bar: must lie in (0, 1], got 7"),
+    ("keep:\n  confidence_bar: 7\n", "keep.confidence_bar: must lie in (0, 1], got 7"),
 ])
 def test_yaml_configs_are_validated_and_never_construct_objects(tmp_path, capsys, text, message):
     marker = tmp_path / "pwned"
