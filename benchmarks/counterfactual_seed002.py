@@ -7,7 +7,8 @@ In one process, no Ray, CPU:
    `training_step`); counterfactuals of 500 test images (50 per target class, sources of other classes):
    share the judge classifies as the target, mean L1 change, share of pixels changed by more than 0.1;
 3. accuracy under PGD (10 steps, L-inf, random start) of the joint model and of the run's classifier on
-   the test split, at several epsilons (a K + 1 prediction counts only when it is the true class);
+   the test split, at several epsilons (a K + 1 prediction counts only when it is the true class), and of
+   the joint model's class head alone (its K class logits; "fake" read as uncertainty, as the paper does);
 4. OOD AUROC (in-distribution = digits test split positive) of the joint model's 1 - p(fake) beside max
    softmax, max logit and negative energy (joint model over its K class logits, and the plain classifier),
    on photo patches, letters, uniform noise and network-inversion counterfeits of the run's classifier;
@@ -104,10 +105,12 @@ def digits_figures(method, data, judge, run_classifier) -> dict:
 
 def pgd_figures(method, data, run_classifier) -> dict:
     rows = {}
-    for name, model in (("joint", method.joint), ("classifier", run_classifier)):
-        rows[name] = robustness_table(model, data.test_images, data.test_labels, EPSILONS, steps=10, seed=0)
-    return {"pgd": [{"epsilon": a["epsilon"], "joint": a["accuracy"], "classifier": b["accuracy"]}
-                    for a, b in zip(rows["joint"], rows["classifier"])]}
+    for name, model, outputs in (("joint", method.joint, None), ("joint_class_head", method.joint, data.num_classes),
+                                 ("classifier", run_classifier, None)):
+        rows[name] = robustness_table(model, data.test_images, data.test_labels, EPSILONS, steps=10, seed=0,
+                                      class_outputs=outputs)
+    return {"pgd": [{"epsilon": epsilon, **{name: rows[name][i]["accuracy"] for name in rows}}
+                    for i, epsilon in enumerate(EPSILONS)]}
 
 
 def inversion_counterfeits(data, classifier, count: int, steps: int = 300) -> torch.Tensor:
@@ -146,7 +149,7 @@ def ood_figures(method, data, run_classifier, inversion_steps: int) -> dict:
     return {"ood_auroc": table}
 
 
-def defect_figures(config: CounterfactualConfig, data, defect_steps: int) -> dict:
+def defect_figures(config: CounterfactualConfig, data, defect_steps: int, save_dir: str | None) -> dict:
     defects = defect_data(data, seed=0)
     dataset = defects.dataset
     plain = train_classifier(dataset, seed=2)
@@ -154,6 +157,8 @@ def defect_figures(config: CounterfactualConfig, data, defect_steps: int) -> dic
     method = CounterfactualGAN(config_from_dict(CounterfactualConfig, settings),
                                MethodContext(dataset.image_shape, 2, plain))
     seconds = fit(method, dataset)
+    if save_dir:
+        torch.save(method.state_dict(), f"{save_dir}/defects.pt")
     train_rows = torch.nonzero(dataset.train_labels == 1).flatten()
     test_rows = torch.nonzero(dataset.test_labels == 1).flatten()
     calibration = (dataset.train_images[train_rows], defects.train_masks[train_rows])
@@ -185,6 +190,7 @@ def main() -> None:
     parser.add_argument("--defect-steps", type=int, default=None, help="steps on the defect set (default: steps)")
     parser.add_argument("--inversion-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-dir", default=None, help="keep the trained methods' states here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -197,6 +203,8 @@ def main() -> None:
         run_classifier, judge = train_classifier(data, seed=0), train_classifier(data, seed=1)
         method = CounterfactualGAN(config, MethodContext(data.image_shape, data.num_classes, run_classifier))
         figures["train_seconds"] = round(fit(method, data), 1)
+        if args.save_dir:
+            torch.save(method.state_dict(), f"{args.save_dir}/digits.pt")
         method.joint.eval()
         if "digits" in parts:
             figures |= digits_figures(method, data, judge, run_classifier)
@@ -208,7 +216,7 @@ def main() -> None:
             figures |= ood_figures(method, data, run_classifier, args.inversion_steps)
             print(json.dumps(figures["ood_auroc"], indent=1), flush=True)
     if "defects" in parts:
-        figures |= defect_figures(config, data, args.defect_steps or config.steps)
+        figures |= defect_figures(config, data, args.defect_steps or config.steps, args.save_dir)
     print(json.dumps(figures, indent=1))
     if args.results:
         with open(args.results, "a") as out:

@@ -49,6 +49,8 @@ class CounterfactualConfig(TrainingSchedule):
     base_channels: int = option(32, "U-Net channels at full resolution (doubled at each of two downsamplings)",
                                 ge=1)
     embed_dim: int = option(16, "size of the target-class embedding joined to the bottleneck", ge=1)
+    mask_start: float = option(-3.0, "initial bias of the mask logit: sigmoid(-3) = 0.05, so the mask starts "
+                                     "closed and opens only where the target class needs it (0: half open)")
     classification_weight: float = option(1.0, "joint model's cross-entropy toward the target (not fake)", ge=0)
     mask_weight: float = option(0.1, "mean mask value: a sparse saliency map", ge=0)
     l1_weight: float = option(0.5, "mean absolute change |x' - x|: a small edit", ge=0)
@@ -77,7 +79,8 @@ class CounterfactualUNet(nn.Module):
     so any H x W works. No normalisation layers: small batches, and eval equals train.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, base_channels: int, embed_dim: int):
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, base_channels: int, embed_dim: int,
+                 mask_start: float = 0.0):
         super().__init__()
         channels = image_shape[0]
         b = base_channels
@@ -89,6 +92,8 @@ class CounterfactualUNet(nn.Module):
         self.decode1 = _conv_block(4 * b + 2 * b, 2 * b)
         self.decode0 = _conv_block(2 * b + b, b)
         self.head = nn.Conv2d(b, 1 + channels, 1)
+        with torch.no_grad():
+            self.head.bias[0] = mask_start
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         skip0 = self.encode0(images)
@@ -137,7 +142,7 @@ class CounterfactualGAN(TrainedMethod):
             raise CccError(f"counterfactual: needs at least 2 classes to translate between, got {self.num_classes}")
         torch.manual_seed(config.seed)
         self.generator = CounterfactualUNet(self.image_shape, self.num_classes, config.base_channels,
-                                            config.embed_dim).to(self.device)
+                                            config.embed_dim, config.mask_start).to(self.device)
         self.joint = self._initial_joint_model().to(self.device)
         self.fake_class = self.num_classes  # the last of the K + 1 outputs
         betas = (config.beta1, 0.999)

@@ -63,6 +63,21 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     return adversarial.detach()
 
 
+class ClassLogits(nn.Module):
+    """The first `num_classes` logits of a model: a K + 1 model's class head, its last output left out.
+
+    Seed 002 reads the joint model's "fake" output as an uncertainty beside the prediction; attacking and
+    scoring the class head alone measures the prediction's robustness in that reading.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int):
+        super().__init__()
+        self.model, self.num_classes = model, num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[:, :self.num_classes]
+
+
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor) -> None:
     check_images(images, "PGD images")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or len(labels) != len(images) \
@@ -95,13 +110,16 @@ def accuracy_under_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Ten
 
 def robustness_table(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
                      steps: int = 10, step_size: float | None = None, seed: int = 0,
-                     random_start: bool = True) -> list[dict]:
+                     random_start: bool = True, class_outputs: int | None = None) -> list[dict]:
     """One row per epsilon: {"epsilon", "accuracy", "steps", "step_size"}; epsilon 0 is clean accuracy.
 
     What `ccc-ray robustness` prints. Each epsilon's attack starts from the same seed, so rows compare.
+    `class_outputs` K: attack and score only the first K logits (a K + 1 model's class head); None: all.
     """
     if not epsilons:
         raise CccError("robustness: give at least one epsilon (e.g. 0,0.05,0.1)")
+    if class_outputs is not None:
+        model = ClassLogits(model, class_outputs)
     rows = []
     for epsilon in epsilons:
         settings = PgdSettings(steps=steps, step_size=step_size, random_start=random_start, seed=seed)

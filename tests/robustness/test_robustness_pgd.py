@@ -77,3 +77,13 @@ def test_bad_inputs_are_one_line_errors(problem):
         accuracy_under_pgd(model, images + 2, labels, 0.1)
     with pytest.raises(CccError, match="at least one epsilon"):
         robustness_table(model, images, labels, [])
+
+
+def test_class_head_reading_leaves_the_reject_output_out():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0, 5.0]))  # "reject" wins, class 0 is next
+    images, labels = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+    assert robustness_table(model, images, labels, [0.0])[0]["accuracy"] == 0.0
+    assert robustness_table(model, images, labels, [0.0], class_outputs=2)[0]["accuracy"] == 1.0
