@@ -51,7 +51,7 @@ class CounterfactualConfig(TrainingSchedule):
     embed_dim: int = option(16, "size of the target-class embedding joined to the bottleneck", ge=1)
     mask_start: float = option(-3.0, "initial bias of the mask logit: sigmoid(-3) = 0.05, so the mask starts "
                                      "closed and opens only where the target class needs it (0: half open)")
-    classification_weight: float = option(1.0, "joint model's cross-entropy toward the target (not fake)", ge=0)
+    classification_weight: float = option(1.0, "joint model's cross-entropy toward the target (not fake)", gt=0)
     mask_weight: float = option(0.1, "mean mask value: a sparse saliency map", ge=0)
     l1_weight: float = option(0.5, "mean absolute change |x' - x|: a small edit", ge=0)
     smoothness_weight: float = option(0.05, "total variation of the mask: one region, not speckle", ge=0)
@@ -60,11 +60,6 @@ class CounterfactualConfig(TrainingSchedule):
     generator_learning_rate: float = option(5e-4, "Adam learning rate of the generator", gt=0)
     joint_learning_rate: float = option(5e-4, "Adam learning rate of the joint classifier/discriminator", gt=0)
     beta1: float = option(0.5, "Adam beta1 of both optimisers", ge=0, lt=1)
-
-    def validate(self) -> None:
-        if self.classification_weight <= 0:
-            raise CccError("counterfactual.classification_weight: must be positive, or nothing pulls toward "
-                           "the target class")
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
