@@ -13,8 +13,9 @@ In one process, no Ray, CPU:
    softmax, max logit and negative energy (joint model over its K class logits, and the plain classifier),
    on photo patches, letters, uniform noise and network-inversion counterfeits of the run's classifier;
 5. saliency on the defect set (`ccc_ray.data.defects`): the method trained on clean/defective digits, the
-   mask of defective -> clean as saliency, against gradient saliency of a plain classifier and random
-   maps; thresholds picked on defective training images, IoU on defective test images.
+   mask of defective -> clean as saliency, against gradient saliency of a plain classifier, random maps
+   and the image itself (brightness); thresholds picked on defective training images, IoU on defective
+   test images.
 
     PYTHONPATH=. .venv/bin/python benchmarks/counterfactual_seed002.py --label default \
         --results /tmp/cf002.jsonl [--set mask_weight=1.0 ...] [--parts digits,pgd,ood,defects]
@@ -170,6 +171,8 @@ def defect_figures(config: CounterfactualConfig, data, defect_steps: int, save_d
                                                    - images).abs().amax(1),
         "gradient saliency": lambda images: gradient_saliency(plain, images, torch.ones(len(images), dtype=torch.long)),
         "random": lambda images: random_saliency((len(images), *images.shape[2:]), seed=len(images)),
+        # Defects are bright marks: a map that is just the image tells how much "find bright pixels" earns.
+        "brightness": lambda images: images.amax(1),
     }
     ious = {name: calibrated_iou((fn(calibration[0]), calibration[1]), (fn(test[0]), test[1]))
             for name, fn in saliency.items()}
