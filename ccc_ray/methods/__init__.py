@@ -18,6 +18,7 @@ from ccc_ray.methods.base import (
     TrainedMethod,
     TrainingSchedule,
 )
+from ccc_ray.methods.counterfactual import CounterfactualGAN
 from ccc_ray.methods.cppn import CppnEvolution
 from ccc_ray.methods.direct_encoding import DirectEncodingEvolution
 from ccc_ray.methods.gradient_ascent import GradientAscent
@@ -62,6 +63,7 @@ register_method(NetworkInversion)
 register_method(DirectEncodingEvolution)
 register_method(CppnEvolution)
 register_method(GradientAscent)
+register_method(CounterfactualGAN)
 
 __all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
