@@ -1,7 +1,7 @@
 """Ray Train's cost per classifier training step against a plain PyTorch loop (issue 16, item 6).
 
     python benchmarks/train_overhead.py [--epochs 15] [--skip 3] [--end-to-end 5,20] [--repeats 2]
-        [--health-check-interval S] [--default-threads] [--json]
+        [--health-check-intervals 2,0.1] [--default-threads] [--json]
 
 A step is one optimizer step of `train_epoch` (ccc_ray/classifiers/training.py): a batch of
 `classifier.batch_size` (64) digits through the default SmallCNN, on the CPU. `train_classifier`
@@ -25,9 +25,10 @@ medians over epochs and repeats:
    (wall(E2) - wall(E1)) / ((E2 - E1) x steps per epoch) is its steady cost per step with everything in
    it (Ray start-up and the final save cancel out).
 
-`--health-check-interval S` sets RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Train's default: 2 s) for every Ray
-run: the controller collects a worker's reports only that often, and a worker's queue holds one report, so
-`ray.train.report` blocks a loop that reports more often until the controller's next poll.
+`--health-check-intervals 2,0.1` runs every Ray run once per RAY_TRAIN_HEALTH_CHECK_INTERVAL_S value
+(Train's default: 2 s), back to back between the same plain runs. The controller collects a worker's
+reports only that often, and a worker's queue holds one report, so `ray.train.report` blocks a loop that
+reports more often until the controller's next poll.
 
 Ratios are per step, against the paired plain loop's `train_epoch` per step (the same steps on the same
 compute) and against its whole epoch (train, accuracy, save).
@@ -190,14 +191,21 @@ def main() -> None:
     parser.add_argument("--variants", default="checkpoint,report,none", help="Ray per-epoch report variants")
     parser.add_argument("--default-threads", action="store_true",
                         help="also time the plain loop at torch's default thread count (once, for reference)")
-    parser.add_argument("--health-check-interval", type=float, default=None,
-                        help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the Ray runs (default: Train's own, 2 s)")
+    parser.add_argument("--health-check-intervals", default="",
+                        help="comma-separated RAY_TRAIN_HEALTH_CHECK_INTERVAL_S values; each Ray run is repeated "
+                             "with every value, back to back between the same plain runs ('' = Train's own, 2 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if args.health_check_interval is not None:  # read by the controller, which Train starts with the driver's value
-        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.health_check_interval)
+    intervals = [part for part in args.health_check_intervals.split(",") if part] or [None]
+
+    def use_interval(interval: str | None) -> None:
+        """Train gives its controller the driver's value at each fit(), so it can change between runs."""
+        if interval is None:
+            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+        else:
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = interval
     import ray
     import torch
 
@@ -208,31 +216,37 @@ def main() -> None:
         return {"train": per_step([epochs], args.skip, ("train",)),
                 "epoch": per_step([epochs], args.skip, ("train", "accuracy", "report"))}
 
-    result = {"torch_default_threads": torch.get_num_threads(), "ray": {}, "end_to_end": None,
-              "health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (Train's default)")}
+    result = {"torch_default_threads": torch.get_num_threads(), "ray": {}, "end_to_end": None}
     if args.default_threads:
         result["plain_default_threads_train_per_step_ms"] = 1e3 * per_step(
             [plain_run(args.epochs, None)["epochs"]], args.skip, ("train",))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="warning")
     try:
         with tempfile.TemporaryDirectory(prefix="ccc-overhead-") as storage:
+            pairs_of = {}
             for variant in args.variants.split(","):
-                pairs = []
                 for _ in range(args.repeats):
                     before = plain_steps()
-                    run = ray_run(args.epochs, variant, storage)
+                    runs = {}
+                    for interval in intervals:
+                        use_interval(interval)
+                        runs[interval] = ray_run(args.epochs, variant, storage)
+                    use_interval(None)
                     after = plain_steps()
                     plain = {key: (before[key] + after[key]) / 2 for key in before}
-                    ray_train = per_step([run["epochs"]], args.skip, ("train",))
-                    ray_epoch = per_step([run["epochs"]], args.skip, ("train", "accuracy", "report"))
-                    pairs.append({"threads": run["threads"], "plain_train_ms": 1e3 * plain["train"],
-                                  "plain_epoch_ms": 1e3 * plain["epoch"], "ray_train_ms": 1e3 * ray_train,
-                                  "ray_epoch_ms": 1e3 * ray_epoch,
-                                  "report_ms": 1e3 * statistics.median(e["report"] for e in run["epochs"][args.skip:]),
-                                  "train_ratio": ray_train / plain["train"],
-                                  "epoch_vs_plain_train": ray_epoch / plain["train"],
-                                  "epoch_vs_plain_epoch": ray_epoch / plain["epoch"]})
-                result["ray"][variant] = {"pairs": pairs, **{
+                    for interval, run in runs.items():
+                        ray_train = per_step([run["epochs"]], args.skip, ("train",))
+                        ray_epoch = per_step([run["epochs"]], args.skip, ("train", "accuracy", "report"))
+                        report = statistics.median(e["report"] for e in run["epochs"][args.skip:])
+                        pairs_of.setdefault(f"{variant}@{interval or 'default'}", []).append({
+                            "threads": run["threads"], "plain_train_ms": 1e3 * plain["train"],
+                            "plain_epoch_ms": 1e3 * plain["epoch"], "ray_train_ms": 1e3 * ray_train,
+                            "ray_epoch_ms": 1e3 * ray_epoch, "report_ms": 1e3 * report,
+                            "train_ratio": ray_train / plain["train"],
+                            "epoch_vs_plain_train": ray_epoch / plain["train"],
+                            "epoch_vs_plain_epoch": ray_epoch / plain["epoch"]})
+            for name, pairs in pairs_of.items():
+                result["ray"][name] = {"pairs": pairs, **{
                     key: statistics.median(pair[key] for pair in pairs)
                     for key in ("train_ratio", "epoch_vs_plain_train", "epoch_vs_plain_epoch", "report_ms")}}
             if args.end_to_end:

@@ -23,6 +23,10 @@ def ensure_ray() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     # A worker imports torch before it joins; on a busy node that can take longer than Train's 60 s default.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    # Train's controller collects worker reports every 2 s by default and a worker holds one uncollected
+    # report, so each per-epoch report blocked ~1.3 s: 2.9x a plain loop's epoch on digits; 0.1 s: 0.79x
+    # (docs/BENCHMARKS.md, issue 16). The driver's value reaches the controller, on a remote cluster too.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
