@@ -37,8 +37,10 @@ from ccc_ray.methods.substrate_gan import SubstrateGan, SubstrateGanConfig
 EVAL_SEED = 2026
 
 
-def train(model: nn.Module, dataset, epochs: int, seed: int) -> nn.Module:
+def train(build, dataset, epochs: int, seed: int) -> nn.Module:
+    """`build()`'s model trained on the digits; seeded before building, so its initialisation repeats too."""
     torch.manual_seed(seed)
+    model = build()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dataset.train_images, dataset.train_labels),
@@ -147,8 +149,8 @@ def main() -> None:
     torch.set_num_threads(known.threads)
 
     digits = load_dataset(DataConfig())
-    classifier = train(SmallCNN(digits.image_shape, digits.num_classes), digits, 10, seed=1)
-    judge = train(judge_mlp(digits.image_shape, digits.num_classes), digits, 30, seed=2)
+    classifier = train(lambda: SmallCNN(digits.image_shape, digits.num_classes), digits, 10, seed=1)
+    judge = train(lambda: judge_mlp(digits.image_shape, digits.num_classes), digits, 30, seed=2)
     accuracies = {"classifier_test_accuracy": accuracy(classifier, digits.test_images, digits.test_labels),
                   "judge_test_accuracy": accuracy(judge, digits.test_images, digits.test_labels)}
     print(json.dumps(accuracies), flush=True)

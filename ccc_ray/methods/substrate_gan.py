@@ -69,6 +69,8 @@ class SubstrateGanConfig(TrainingSchedule):
     base_channels: int = option(64, "channels of G's and D's first level (doubled per level)", ge=1)
     max_channels: int = option(512, "cap on channels per level", ge=1)
     tile_size: int = option(8, "side of each class's block of the tiled class input (paper: 8)", ge=1)
+    class_input_every_level: bool = option(False, "also join the (resized) class tile to every later decoder level, "
+                                           "not only at the bottleneck")
     discriminator_levels: int | None = option(None, "PatchGAN stride-2 levels; None: min(3, depth)", ge=1)
     classes: list[int] = option([], "class indices G paints (paper: 5 of VGG16's 1000); empty: all classes")
     max_active_classes: int = option(3, "most classes mixed in one image (paper: up to 3)", ge=1)
@@ -127,10 +129,12 @@ def level_channels(base: int, cap: int, depth: int) -> list[int]:
 class UNetGenerator(nn.Module):
     """Substrate N x C x H x W in [-1, 1] and class tile N x n x h x w in, output N x C x H x W in [-1, 1]."""
 
-    def __init__(self, channels: int, num_classes: int, depth: int, base: int, cap: int):
+    def __init__(self, channels: int, num_classes: int, depth: int, base: int, cap: int,
+                 class_input_every_level: bool = False):
         super().__init__()
         widths = level_channels(base, cap, depth)
         self.depth = depth
+        self.every_level = class_input_every_level
         self.down = nn.ModuleList()
         for level, width in enumerate(widths):
             c_in = channels if level == 0 else widths[level - 1]
@@ -138,6 +142,8 @@ class UNetGenerator(nn.Module):
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
             c_in = widths[level] + num_classes if level == depth - 1 else 2 * widths[level]
+            if class_input_every_level and level < depth - 1:
+                c_in += num_classes
             if level == 0:
                 self.up.append(nn.Sequential(weight_norm(nn.ConvTranspose2d(c_in, channels, 4, 2, 1)), nn.Tanh()))
             else:
@@ -158,10 +164,10 @@ class UNetGenerator(nn.Module):
         for down in self.down:
             x = down(x)
             skips.append(x)
-        if tile.shape[2:] != x.shape[2:]:
-            tile = F.interpolate(tile, size=x.shape[2:], mode="nearest")  # repeat values, keep their spread
-        x = torch.cat([x, tile], dim=1)
         for index, up in enumerate(self.up):
+            if index == 0 or self.every_level:
+                # Nearest resizing repeats the tile's values, so their spread (the class signal) survives.
+                x = torch.cat([x, F.interpolate(tile, size=x.shape[2:], mode="nearest")], dim=1)
             x = up(x)
             level = self.depth - 2 - index
             if level >= 0:
@@ -258,8 +264,8 @@ class SubstrateGan(TrainedMethod):
             raise CccError(f"substrate_gan.crop_size: {side} px crops do not fit {min(self.output_hw)} px outputs")
         self.crop_side = side
         torch.manual_seed(config.seed)
-        self.generator = UNetGenerator(channels, len(self.classes), depth, config.base_channels,
-                                       config.max_channels).to(self.device)
+        self.generator = UNetGenerator(channels, len(self.classes), depth, config.base_channels, config.max_channels,
+                                       config.class_input_every_level).to(self.device)
         self.discriminator = PatchDiscriminator(channels, config.discriminator_levels or min(3, depth),
                                                 config.base_channels, config.max_channels).to(self.device)
         bottom = self.generator.bottleneck_size(*self.output_hw)

@@ -71,9 +71,11 @@ def test_depth_comes_from_the_image_size(side, depth):
     assert unet_depth(side, side, 8) == depth
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 28, 28), (3, 12, 20)])
-def test_generator_keeps_the_shape_and_the_tanh_range(classifier, shape):
-    method = SubstrateGan(SubstrateGanConfig(**TINY), MethodContext(shape, 10, nn.Identity()))
+@pytest.mark.parametrize("shape, every_level", [((1, 8, 8), False), ((3, 28, 28), False), ((3, 12, 20), False),
+                                                ((3, 32, 32), True)])
+def test_generator_keeps_the_shape_and_the_tanh_range(classifier, shape, every_level):
+    config = SubstrateGanConfig(**TINY, class_input_every_level=every_level)
+    method = SubstrateGan(config, MethodContext(shape, 10, nn.Identity()))
     tile = tiled_class_input(torch.eye(10)[:2], method.tile_hw, torch.Generator().manual_seed(0))
     output = method.generator(torch.rand(2, *shape) * 2 - 1, tile)
     assert output.shape == (2, *shape) and output.abs().max() <= 1
