@@ -21,6 +21,11 @@ Classifier: An Extension of the Classifier-To-Generator Method" (PVH, 2018).
   L_s = mean(|T - G| - log(1 - |(T - G) / 2|^2)) on the tanh range [-1, 1].
 - Adam, learning rate 2e-4, beta1 0.5. One to three active classes per training sample, some with none.
 
+Defaults are the paper's except two, changed for small images after measuring (docs/BENCHMARKS.md, "Issue
+15"): on 8 x 8 digits the paper's classifier weight 50 left G copying its substrate (target confidence
+about 0.1), so the default is 2000, with Adam at 1e-3 to get there in 2000 steps; `paper_512()` keeps the
+paper's values. The classifier loss averages over the n classes, so its pull weakens as n grows.
+
 Depth for small images (the paper's 512 x 512 goes down six times, to the 8 x 8 of the class tile): by
 default the encoder halves the image until the bottleneck is at most `tile_size` pixels on a side, but at
 least twice (a U-Net needs levels) and never below 2 pixels: 512 -> 6 levels (8 x 8 bottleneck), 32 -> 2
@@ -43,6 +48,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +67,7 @@ EPSILON = 1e-6  # keeps log(1 - x) finite at x = 1
 
 @dataclass
 class SubstrateGanConfig(TrainingSchedule):
-    steps: int = option(3000, "optimiser steps (paper: 200k at 512 px, batch 1-3)", ge=1)
+    steps: int = option(2000, "optimiser steps (paper: 200k at 512 px, batch 1-3)", ge=1)
     batch_size: int = option(32, "substrates per step, all workers together (paper: 1-3 at 512 px)", ge=1)
     output_size: int | None = option(None, "side of G's square output in pixels (paper: 512); None: the data's size",
                                      ge=4)
@@ -78,7 +84,8 @@ class SubstrateGanConfig(TrainingSchedule):
     multi_class_share: float = option(0.2, "share with 2 to max_active_classes active classes", ge=0, le=1)
     gan_weight: float = option(3.0, "weight of the conditional GAN loss (paper: 3)", ge=0)
     mask_weight: float = option(10.0, "weight of the mask loss (paper: 10)", ge=0)
-    classifier_weight: float = option(50.0, "weight of the classifier loss L_p + L_n (paper: 50)", ge=0)
+    classifier_weight: float = option(2000.0, "weight of the classifier loss L_p + L_n (paper: 50; 50 left 8 x 8 "
+                                      "digits at 10% confidence, see docs/BENCHMARKS.md)", ge=0)
     substrate_weight: float = option(150.0, "weight of the substrate loss (paper: 150)", ge=0)
     mask: Literal["white_background", "image", "none"] = option(
         "white_background", "pixels the mask loss keeps at `background`: the substrate's white ones, "
@@ -90,7 +97,7 @@ class SubstrateGanConfig(TrainingSchedule):
     crop_size: int | None = option(None, "side of those crops; None: the classifier's input size when the output "
                                    "is larger, else 3/4 of the output", ge=2)
     grayscale_classifier_input: bool = option(False, "show the classifier G's output in grey (paper: better results)")
-    learning_rate: float = option(2e-4, "Adam learning rate (paper: 2e-4)", gt=0)
+    learning_rate: float = option(1e-3, "Adam learning rate (paper: 2e-4, too slow for 2000 steps)", gt=0)
     beta1: float = option(0.5, "Adam beta1 (paper: 0.5)", ge=0, lt=1)
     substrate_folder: str | None = option(None, "folder of substrate images; None: the offline defaults")
     substrate_count: int = option(4096, "substrates in the training set (crops cut from the pictures)", ge=1)
@@ -108,8 +115,10 @@ class SubstrateGanConfig(TrainingSchedule):
 
     @classmethod
     def paper_512(cls, classes: list[int]) -> SubstrateGanConfig:
-        """The paper's setting for a GPU: 512 px outputs, batch 3, 200k steps, the given classes of the classifier."""
-        return cls(steps=200_000, batch_size=3, output_size=512, classes=list(classes))
+        """The paper's setting for a GPU: 512 px outputs, batch 3, 200k steps, its loss weights and Adam settings,
+        the given classes of the classifier (the small-image defaults differ where the digits needed it)."""
+        return cls(steps=200_000, batch_size=3, output_size=512, classes=list(classes), gan_weight=3.0,
+                   mask_weight=10.0, classifier_weight=50.0, substrate_weight=150.0, learning_rate=2e-4, beta1=0.5)
 
 
 # -- the networks --------------------------------------------------------------------------------------
@@ -312,8 +321,6 @@ class SubstrateGan(TrainedMethod):
                 grey = image.convert("L").resize(self.output_hw[::-1], Image.NEAREST)
         except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
             raise CccError(f"substrate_gan.mask_image: {path!r} is not a readable image ({error})") from None
-        import numpy as np
-
         return (torch.from_numpy(np.asarray(grey, dtype=np.float32)) >= 128).float().to(self.device)
 
     def background_mask(self, substrates: torch.Tensor) -> torch.Tensor:

@@ -55,15 +55,16 @@ def parameters(method: SubstrateGan) -> dict[str, torch.Tensor]:
             for key, value in module.state_dict().items()}
 
 
-def test_registered_with_the_paper_defaults():
+def test_registered_with_the_paper_settings():
     assert METHODS["substrate_gan"] is SubstrateGan
     assert SubstrateGan.kind == "generator" and SubstrateGan.uses_sources
     config = SubstrateGanConfig()
-    assert (config.gan_weight, config.mask_weight, config.classifier_weight, config.substrate_weight) == (3, 10, 50, 150)
-    assert (config.learning_rate, config.beta1, config.crops, config.tile_size, config.max_active_classes) == \
-        (2e-4, 0.5, 3, 8, 3)
+    assert (config.gan_weight, config.mask_weight, config.substrate_weight) == (3, 10, 150)
+    assert (config.beta1, config.crops, config.tile_size, config.max_active_classes) == (0.5, 3, 8, 3)
     paper = SubstrateGanConfig.paper_512([1, 2, 3, 4, 5])
-    assert (paper.output_size, paper.batch_size, paper.steps) == (512, 3, 200_000)
+    assert (paper.gan_weight, paper.mask_weight, paper.classifier_weight, paper.substrate_weight) == (3, 10, 50, 150)
+    assert (paper.learning_rate, paper.beta1, paper.output_size, paper.batch_size, paper.steps) == \
+        (2e-4, 0.5, 512, 3, 200_000)
 
 
 @pytest.mark.parametrize("side, depth", [(512, 6), (32, 2), (28, 2), (8, 2), (4, 1)])
