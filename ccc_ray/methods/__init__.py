@@ -23,6 +23,7 @@ from ccc_ray.methods.cppn import CppnEvolution
 from ccc_ray.methods.direct_encoding import DirectEncodingEvolution
 from ccc_ray.methods.gradient_ascent import GradientAscent
 from ccc_ray.methods.inversion import NetworkInversion
+from ccc_ray.methods.substrate_gan import SubstrateGan
 
 METHODS: dict[str, type[CounterfeitMethod]] = {}
 
@@ -64,6 +65,7 @@ register_method(DirectEncodingEvolution)
 register_method(CppnEvolution)
 register_method(GradientAscent)
 register_method(CounterfactualGAN)
+register_method(SubstrateGan)
 
 __all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
