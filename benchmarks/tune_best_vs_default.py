@@ -20,9 +20,10 @@ from ccc_ray.tuning.objective import objective_parts
 
 def train_and_score(label: str, run_dir: Path, seed: int, config: list[str]) -> dict:
     common = ["--run.output_dir", str(run_dir / "retrain"), "--run.run_id", f"{label}-seed{seed}",
-              "--run.classifier_path", str(run_dir / "classifier.safetensors"), "--inversion.seed", str(seed)]
-    for stage in ("train-generator", "generate"):
-        subprocess.run([sys.executable, "-m", "ccc_ray.cli", stage, *config, *common], check=True,
+              "--run.classifier_path", str(run_dir / "classifier.safetensors")]
+    # The generator seed is a training setting: `generate` has no --inversion.* flags (it samples with generate.seed).
+    for stage, extra in (("train-generator", ["--inversion.seed", str(seed)]), ("generate", [])):
+        subprocess.run([sys.executable, "-m", "ccc_ray.cli", stage, *config, *common, *extra], check=True,
                        stdout=subprocess.DEVNULL)
     report = json.loads((run_dir / "retrain" / f"{label}-seed{seed}" / "generate-inversion.json").read_text())
     return objective_parts(report["kept_share"], report["distance_ratio"],
