@@ -58,30 +58,33 @@ class AttackTarget:
     reject_class: bool
 
 
-def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: ImageDataset,
-                method: str) -> tuple[AttackTarget, ClassifierFn]:
-    """The classifier to attack and a callable for it, checked against the data; CccError on a mismatch."""
+def load_target(classifier_path: str | Path | None, onnx_path: str | None, dataset: ImageDataset,
+                method: str | None, where: str = "attack.onnx_path") -> tuple[AttackTarget, ClassifierFn]:
+    """The classifier to attack and a callable for it, checked against the data; CccError on a mismatch.
+
+    `method` (when given) must be able to attack an ONNX model; `where` names the setting in messages.
+    """
     shape = "x".join(map(str, dataset.image_shape))
     if onnx_path is None:
         model, info = load_classifier(classifier_path, dataset.image_shape, dataset.num_classes)
         target = AttackTarget(TORCH, str(classifier_path), Path(classifier_path).read_bytes(), info.sha256,
                               info.num_outputs, info.reject_class)
         return target, prepare_for_attack(model)
-    if not METHODS[method].black_box:
+    if method is not None and not METHODS[method].black_box:
         black_box = [name for name, cls in METHODS.items() if cls.kind == "search" and cls.black_box]
-        raise CccError(f"attack.onnx_path: {method} needs gradients and an ONNX model is a black box; "
+        raise CccError(f"{where}: {method} needs gradients and an ONNX model is a black box; "
                        f"attack it with {' or '.join(black_box)}")
     if not Path(onnx_path).is_file():
-        raise CccError(f"attack.onnx_path: ONNX model {onnx_path!r} does not exist")
+        raise CccError(f"{where}: ONNX model {onnx_path!r} does not exist")
     model = OnnxClassifier(onnx_path, spin_wait=False)
     if tuple(model.image_shape) != tuple(dataset.image_shape):
-        raise CccError(f"attack.onnx_path: {onnx_path!r} takes images "
+        raise CccError(f"{where}: {onnx_path!r} takes images "
                        f"{'x'.join(map(str, model.image_shape))}, but the data ({dataset.name}) has {shape}; "
                        "pass the data set the model was trained on (--data.name, --data.image_size)")
     reject = bool(model.metadata.get("reject_class", False))
     expected = dataset.num_classes + int(reject)
     if model.num_classes != expected:
-        raise CccError(f"attack.onnx_path: {onnx_path!r} has {model.num_classes} outputs, but the data "
+        raise CccError(f"{where}: {onnx_path!r} has {model.num_classes} outputs, but the data "
                        f"({dataset.name}) has {dataset.num_classes} classes"
                        f"{' plus the reject class its metadata names' if reject else ''}")
     raw = Path(onnx_path).read_bytes()
