@@ -48,7 +48,7 @@ EMBED_BATCH = 1024  # images per feature pass: bounds memory on large data sets
 class FarRule:
     percentile: float = option(95.0, "an image is far from the data when its nearest-training distance is at or "
                                      "above this percentile of the held-out real images' own nearest-training "
-                                     "distances (95: 5% of real held-out images would count as far)", ge=50, le=100)
+                                     "distances (95: one real held-out image in twenty counts as far)", ge=50, le=100)
     space: Literal["auto", "pixels", "features"] = option(
         "auto", "where distance is measured: pixels (L2 over [0, 1] pixels), features (L2 over the baseline "
                 "classifier's penultimate features), auto (pixels up to auto_pixel_limit values, else features)")
