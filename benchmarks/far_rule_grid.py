@@ -5,8 +5,9 @@
 Reads the run's counterfeit store (every row is confident by the keep rule), fits the far rule
 (`ccc_ray/counterfeits/far.py`, `--percentile`, `--space`) on the run's data, and draws four rows of
 images, each with its nearest-training distance: counterfeits judged far (the closest to the radius
-first, since those show where the line falls), counterfeits judged near, held-out real digits just
-inside the radius, and their nearest training images. Prints the counts as JSON.
+first, since those show where the line falls) and near; probes that straddle the line (training digits
+with pixel noise, blends of two training digits) judged far and near; held-out real digits just inside
+the radius, and their nearest training images. Prints the counts as JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ccc_ray.data.sources import DataConfig, load_dataset  # noqa: E402
 from ccc_ray.store.reader import read_store, table_images  # noqa: E402
 
 COLUMNS = 12
+PROBES = 200  # of each kind: noisy training digits, blends of two training digits
 
 
 def draw(rows: list[tuple[str, torch.Tensor, torch.Tensor]], radius: float, space: str, path: Path) -> None:
@@ -77,17 +79,35 @@ def main() -> None:
     is_far = distances >= far.radius
     far_order = torch.argsort(torch.where(is_far, distances, torch.inf))  # closest-to-the-line far ones first
     near_order = torch.argsort(torch.where(is_far, -torch.inf, distances), descending=True)
+    # Probes that straddle the line: training digits with pixel noise, and blends of two training digits.
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(dataset.train_images), (2, PROBES), generator=generator)
+    sigma = torch.rand(PROBES, 1, 1, 1, generator=generator) * 0.3
+    noisy = (dataset.train_images[picks[0]] + sigma * torch.randn(PROBES, *dataset.image_shape,
+                                                                  generator=generator)).clamp(0, 1)
+    weight = torch.rand(PROBES, 1, 1, 1, generator=generator) * 0.6 + 0.2
+    blends = weight * dataset.train_images[picks[0]] + (1 - weight) * dataset.train_images[picks[1]]
+    probes = torch.cat([noisy, blends])
+    probe_distances = far.nearest(probes)
+    probe_far = probe_distances >= far.radius
+    probe_far_order = torch.argsort(torch.where(probe_far, probe_distances, torch.inf))
+    probe_near_order = torch.argsort(torch.where(probe_far, -torch.inf, probe_distances), descending=True)
     real = far.held_out_distances
     inside = torch.argsort(torch.where(real < far.radius, real, -torch.inf), descending=True)[:COLUMNS]
     nearest_train = torch.cdist(dataset.test_images[inside].flatten(1), dataset.train_images.flatten(1)).argmin(1)
-    rows = [("counterfeits:\nfar (count)", images[far_order[:int(is_far.sum())]], distances[far_order]),
-            ("counterfeits:\nnear (do not)", images[near_order[:int((~is_far).sum())]], distances[near_order]),
+    n_far, n = int(is_far.sum()), len(images)
+    rows = [(f"counterfeits:\nfar, count\n({n_far} of {n})", images[far_order[:int(is_far.sum())]], distances[far_order]),
+            (f"counterfeits:\nnear, do not\n({n - n_far} of {n})", images[near_order[:int((~is_far).sum())]], distances[near_order]),
+            ("probes: far\n(count)", probes[probe_far_order[:int(probe_far.sum())]], probe_distances[probe_far_order]),
+            ("probes: near\n(do not)", probes[probe_near_order[:int((~probe_far).sum())]],
+             probe_distances[probe_near_order]),
             ("held-out real,\njust inside", dataset.test_images[inside], real[inside]),
             ("their nearest\ntraining image", dataset.train_images[nearest_train], real[inside])]
     draw(rows, far.radius, far.space, Path(args.out))
     test_far = float((real >= far.radius).double().mean())
     print(json.dumps({"store_rows": len(images), "far": int(is_far.sum()), "near": int((~is_far).sum()),
                       "far_share": float(is_far.double().mean()), **far.describe(),
+                      "probes": len(probes), "probes_far": int(probe_far.sum()),
                       "held_out_far_share": test_far,
                       "counterfeit_median_distance": float(distances.median()),
                       "held_out_median_distance": float(real.median()),
