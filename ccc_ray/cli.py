@@ -54,9 +54,9 @@ def command_sections(command: str) -> tuple[str, ...]:
     fixed = {
         "train-classifier": ("data", "classifier", "run"),
         "train-generator": ("data", "keep", "generate", "run") + _trained(),
-        "generate": ("data", "keep", "generate", "run"),
-        "attack": ("data", "keep", "attack", "run") + _searches(),
-        "harden": ("data", "keep", "generate", "harden", "run") + _trained(),
+        "generate": ("data", "keep", "far", "generate", "run"),
+        "attack": ("data", "keep", "far", "attack", "run") + _searches(),
+        "harden": ("data", "keep", "far", "generate", "harden", "run") + _trained(),
         "tune": ("data", "keep", "generate", "tune", "run") + _trained(),
         "scorecard": ("data", "keep", "scorecard", "far", "run") + _trained() + _searches(),
     }

@@ -24,6 +24,10 @@ cluster. `space: auto` picks pixels for images of at most `auto_pixel_limit` val
 covers 32x32 grey and everything smaller) and features above. Feature space needs a torch classifier to
 embed with (the run's baseline classifier: a fixed reference, so a hardened model cannot move the data).
 
+Where it decides: the scorecard counts a success only when far; `generate` and `attack` store (and so
+`harden` trains as "reject") only far counterfeits while `gate_store` is on (the default): a near image
+that the classifier calls a digit with confidence may well be one.
+
 Contract: images float32 N x C x H x W in [0, 1] (uint8 N x C x H x W is dequantized as stored); `is_far`
 returns a bool N mask; `nearest` returns float32 N distances in the rule's space.
 """
@@ -31,11 +35,13 @@ returns a bool N mask; `nearest` returns float32 N distances in the rule's space
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
 from ccc_ray.classifiers.features import features_and_logits
+from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.config import option
 from ccc_ray.counterfeits.quality import dequantize, nearest_distances
 from ccc_ray.errors import CccError
@@ -54,6 +60,8 @@ class FarRule:
                 "classifier's penultimate features), auto (pixels up to auto_pixel_limit values, else features)")
     auto_pixel_limit: int = option(1024, "auto: images with at most this many values (C x H x W) use pixel space",
                                    ge=1)
+    gate_store: bool = option(True, "generate and attack store only confident samples that are also far, so "
+                                    "harden trains nothing near the data as reject; false stores every confident one")
 
     def chosen_space(self, image_shape: tuple[int, int, int]) -> str:
         """pixels or features for images of `image_shape` (C, H, W)."""
@@ -135,3 +143,16 @@ class FarFromData:
     def describe(self) -> dict:
         """The fitted rule for reports: space, percentile and radius."""
         return {"space": self.space, "percentile": self.percentile, "radius": self.radius}
+
+
+def fit_far_rule(rule: FarRule, dataset, baseline_file: str | Path | None = None, model=None) -> FarFromData:
+    """The rule fitted on a run's data (`dataset`: its train / test split); feature space embeds with the
+    run's baseline classifier file when there is one (a fixed reference, so a hardened model cannot move
+    the data), else with `model` when that is a torch module."""
+    reference = None
+    if rule.chosen_space(dataset.image_shape) == FEATURES:
+        if baseline_file is not None and Path(baseline_file).is_file():
+            reference, _ = load_classifier(baseline_file, dataset.image_shape, dataset.num_classes)
+        elif isinstance(model, torch.nn.Module):
+            reference = model
+    return FarFromData.fit(rule, dataset.train_images, dataset.test_images, reference)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
+from ccc_ray.counterfeits.far import FarFromData
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import (
     dequantize,
@@ -44,6 +45,7 @@ class GenerateReport:
     mean_nearest_train_l2: float
     test_mean_nearest_train_l2: float
     diversity_ratio_per_class: dict[int, float] = field(default_factory=dict)
+    near_dropped: int = 0  # confident samples not stored because the far rule called them near the data
 
     @property
     def kept_share(self) -> float:
@@ -58,14 +60,18 @@ class GenerateReport:
                 "kept_share": self.kept_share, "kept_share_per_class": self.kept_share_per_class,
                 "mean_nearest_train_l2": self.mean_nearest_train_l2,
                 "test_mean_nearest_train_l2": self.test_mean_nearest_train_l2,
-                "distance_ratio": self.distance_ratio, "diversity_ratio_per_class": self.diversity_ratio_per_class}
+                "distance_ratio": self.distance_ratio, "diversity_ratio_per_class": self.diversity_ratio_per_class,
+                "near_dropped": self.near_dropped}
 
 
 def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: ImageDataset, *, store_dir: Path | str,
                           run_id: str, per_class: int, confidence_bar: float, seed: int, batch_size: int,
                           run_metadata: dict, device: torch.device | str = "cpu",
-                          progress: bool = True) -> GenerateReport:
+                          progress: bool = True, far: FarFromData | None = None) -> GenerateReport:
     """Sample `per_class` images per class, keep those the keep rule keeps, stream them into the store.
+
+    With `far` (the fitted far rule), only kept samples that are also far from the data are stored; the
+    confident ones dropped as near are counted in the report (`near_dropped`).
 
     `store_dir` is a local folder or a storage URI (s3://, gs://, ...). Memory is one batch, a fixed
     diversity sample per class and 4 bytes per row (the distance figure), whatever the number of rows.
@@ -75,6 +81,7 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
     kept_per_class = np.zeros(k, dtype=np.int64)
     kept_images, kept_targets, kept_distances = [], [], []
     since_trim = 0
+    near_dropped = 0
     with CounterfeitWriter(store_dir, method.name, run_id, run_metadata, dataset.class_names) as writer, \
             tqdm(total=len(targets_all), desc="generate", unit="img", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, len(targets_all), batch_size)):
@@ -82,6 +89,10 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
             sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
             scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
             keep = scored.kept
+            if far is not None:
+                too_near = keep & ~far.is_far(scored.stored)
+                near_dropped += int(too_near.sum())
+                keep = keep & ~too_near
             images, stored = scored.images, scored.stored
             distances = nearest_distances(images[keep], dataset.train_images)
             index = torch.arange(start, start + len(targets))[keep]
@@ -105,7 +116,8 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
                 return_freed_memory()
                 since_trim = 0
         if not kept_per_class.any():  # raising inside the writer's block aborts it: no empty store file
-            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {confidence_bar}; "
+            raise CccError(f"generate: none of {len(targets_all)} samples reached confidence {confidence_bar}"
+                           f"{f' far from the data ({near_dropped} confident ones were near)' if far else ''}; "
                            f"train the generator longer (--{method.name}.steps) or lower --keep.confidence_bar")
     kept = dequantize(torch.cat(kept_images))
     kept_t = torch.cat(kept_targets)
@@ -117,7 +129,8 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
         mean_nearest_train_l2=float(distances.mean()) if len(distances) else float("nan"),
         test_mean_nearest_train_l2=test_distance,
         diversity_ratio_per_class=per_class_diversity_ratio(kept, kept_t, dataset.test_images,
-                                                            dataset.test_labels, k))
+                                                            dataset.test_labels, k),
+        near_dropped=near_dropped)
 
 
 def lineage_columns(sampled, keep: torch.Tensor) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import load_classifier
+from ccc_ray.counterfeits.far import fit_far_rule
 from ccc_ray.counterfeits.generate import GenerateReport, generate_counterfeits, write_report
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
@@ -35,6 +36,7 @@ def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:
     report = generate_counterfeits(
         method, classifier, info.sha256, dataset, store_dir=job.run.store_dir, run_id=job.run.run_id,
         per_class=job.generate.per_class, confidence_bar=job.keep.confidence_bar, seed=job.generate.seed,
-        batch_size=job.generate.batch_size, run_metadata=run_metadata, device=device, progress=progress)
+        batch_size=job.generate.batch_size, run_metadata=run_metadata, device=device, progress=progress,
+        far=fit_far_rule(job.far, dataset, job.run.classifier_file) if job.far.gate_store else None)
     write_report(report, job.run.run_dir / f"generate-{method.name}.json")
     return report

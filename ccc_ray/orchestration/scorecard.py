@@ -17,8 +17,7 @@ from pathlib import Path
 
 import ray
 
-from ccc_ray.classifiers.weights import load_classifier
-from ccc_ray.counterfeits.far import FEATURES, FarFromData
+from ccc_ray.counterfeits.far import fit_far_rule
 from ccc_ray.counterfeits.scorecard import (
     DeployedThreshold,
     FamilyAttack,
@@ -29,7 +28,7 @@ from ccc_ray.counterfeits.scorecard import (
     judge_family,
     scorecard_families,
 )
-from ccc_ray.counterfeits.search import TORCH, AttackTarget, classifier_from_target, load_target
+from ccc_ray.counterfeits.search import AttackTarget, classifier_from_target, load_target
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.errors import CccError
@@ -54,18 +53,6 @@ def load_model_under_test(path: str | Path, dataset: ImageDataset):
                        f"an ONNX model (.onnx): {error}") from None
 
 
-def far_rule_for(job: JobConfig, dataset: ImageDataset, target: AttackTarget, classifier_fn) -> FarFromData:
-    """The far rule fitted on the run's data; feature space embeds with the run's (baseline) classifier,
-    a fixed reference, or with the model under test when that is a torch file and the run has none."""
-    reference = None
-    if job.far.chosen_space(dataset.image_shape) == FEATURES:
-        if job.run.classifier_file.is_file():
-            reference, _ = load_classifier(job.run.classifier_file, dataset.image_shape, dataset.num_classes)
-        elif target.kind == TORCH:
-            reference = classifier_fn
-    return FarFromData.fit(job.far, dataset.train_images, dataset.test_images, reference)
-
-
 @ray.remote
 def family_task(method_cls, config, target: AttackTarget, decision: DeployedThreshold, data: DataConfig,
                 per_class: int, seed: int, confidence_bar: float, device: str, threads: int) -> FamilyAttack:
@@ -86,7 +73,7 @@ def run_scorecard_on_ray(job: JobConfig, progress=print) -> Scorecard:
     target, classifier_fn = load_model_under_test(cfg.model or job.run.classifier_file, dataset)
     families = scorecard_families(cfg.families, target)
     decision = deployed_threshold(target, classifier_fn, dataset, cfg.ood_score)
-    far = far_rule_for(job, dataset, target, classifier_fn)
+    far = fit_far_rule(job.far, dataset, job.run.classifier_file, classifier_fn)
     run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
     configs = {name: family_config(job.method_config(name), cfg) for name in families}
 
