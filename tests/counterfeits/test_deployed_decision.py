@@ -57,3 +57,30 @@ def test_bad_settings_are_one_ccc_error():
         DeployedDecision(identity, "max_softmax", False, 0.5, 1.0, 0.1)
     with pytest.raises(CccError, match="positive score scale"):
         DeployedDecision(identity, "max_softmax", False, 0.5, 0.99, 0.0)
+
+
+def test_a_search_against_the_wrapper_stops_only_where_the_deployed_model_is_fooled(digits, digits_classifier_file):
+    """MAP-Elites against a reject-class model through the wrapper: whatever it reports as at the bar is
+    confident AND accepted by the model itself, although the reject output takes a share of every image."""
+    from ccc_ray.classifiers.weights import load_classifier
+    from ccc_ray.counterfeits.keep import score_as_stored
+    from ccc_ray.counterfeits.search import AttackRun, build_search, search_run
+    from ccc_ray.hardening.widen import widen_classifier
+    from ccc_ray.methods.direct_encoding import DirectEncodingConfig, DirectEncodingEvolution
+
+    torch.set_num_threads(1)
+    baseline, _ = load_classifier(digits_classifier_file)
+    model = widen_classifier(baseline, digits.image_shape).eval().requires_grad_(False)
+    with torch.no_grad():
+        model.head.bias[-1] = 2.0  # the reject output claims a share of every image
+    threshold = 0.995
+    decision = DeployedDecision(model, "not_reject", True, threshold, 0.9, scale=0.01)
+    search = build_search(DirectEncodingEvolution, DirectEncodingConfig(population_size=50, max_generations=30),
+                          decision, digits.num_classes + 2, digits.image_shape, 0.9)
+    result = search_run(search, AttackRun(0, 0, tuple(range(digits.num_classes)), seed=1))
+    reached = torch.from_numpy(result.generations >= 0)
+    stored = torch.from_numpy(result.images).permute(0, 3, 1, 2)
+    scored = score_as_stored(stored, torch.arange(digits.num_classes), model, 0.9)
+    accepted = ood_score("not_reject", scored.logits, True) >= threshold
+    assert torch.equal(reached, scored.kept & accepted)
+    assert (scored.kept & ~accepted).any()  # a champion the plain search would have stopped on: not reported
