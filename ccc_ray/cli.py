@@ -56,7 +56,7 @@ def command_sections(command: str) -> tuple[str, ...]:
         "train-generator": ("data", "keep", "generate", "run") + _trained(),
         "generate": ("data", "keep", "far", "generate", "run"),
         "attack": ("data", "keep", "far", "attack", "run") + _searches(),
-        "harden": ("data", "keep", "far", "generate", "harden", "run") + _trained(),
+        "harden": ("data", "keep", "far", "generate", "harden", "scorecard", "run") + _trained() + _searches(),
         "tune": ("data", "keep", "generate", "tune", "run") + _trained(),
         "scorecard": ("data", "keep", "scorecard", "far", "run") + _trained() + _searches(),
     }

@@ -105,6 +105,18 @@ def render_report_md(report: dict) -> str:
         lines += ["", f"Counterfeits: {row['counterfeits_train']} for training, {row['counterfeits_held_out']} held "
                       f"out. Re-attack: {attack['samples']} samples, {_pct(attack['confident_share'])} confident, "
                       f"{_pct(attack['accepted_share'])} accepted, {_pct(attack['success_rate'])} both.", ""]
+    carded = [row for row in rounds if row.get("scorecard")]
+    if carded:
+        families = list(carded[0]["scorecard"])
+        lines += ["## Attack scorecard per round", "",
+                  "Success: confident at the bar AND accepted by the round's OOD threshold AND far from the data "
+                  "(`ccc-ray scorecard`; each round's folder holds its scorecard.md). Near share in brackets.", "",
+                  "| round | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+        for row in carded:
+            cells = [f"{_pct(row['scorecard'][f]['success_rate'])} ({_pct(row['scorecard'][f]['near_share'])})"
+                     if f in row["scorecard"] else "-" for f in families]
+            lines.append(f"| {row['round']} | " + " | ".join(cells) + " |")
+        lines.append("")
     export = report.get("export")
     if export:
         parity = export["parity_max_abs_probability_difference"]

@@ -65,6 +65,8 @@ class ScorecardSettings:
     seed: int = option(0, "seed of the samples and of every search's runs")
     cpus_per_task: float = option(1.0, "CPUs per Ray task (one task per family); its torch / onnxruntime threads",
                                   gt=0)
+    each_round: bool = option(False, "harden: also score the baseline and every round's model with the scorecard "
+                                     "(written to each round's folder, summarised in report.json and report.md)")
 
     def validate(self) -> None:
         if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
