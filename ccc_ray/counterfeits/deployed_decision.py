@@ -15,9 +15,12 @@ acceptance into the class:
 
 so p'_k >= bar exactly when p_k >= bar AND the score accepts the image: the wrapper's confidence bar is
 the deployed decision's, the searches stop where the real criterion is met, and a gradient (or an
-evolutionary fitness) always pushes on whichever of the two is failing. `scale` is the spread of the score
-on real held-out images (its standard deviation), so the gate's slope is in units the score really
-moves by. The logits returned are log p' (a softmax of them gives p' back), K + 1 wide, or K + 2 for a
+evolutionary fitness) always pushes on whichever of the two is failing. `scale` sets the gate's slope in
+the score's own units; the scorecard takes a tenth of the way from a noise image's score to the
+threshold (`deployed_threshold`), so a search that starts from noise has a gate that is small but
+not vanishing (about 0.5% at the bar 0.99) and climbs all the way: with the spread of real images'
+scores instead, a saturated score such as `not_reject` gave gates of e^-200 and gradient ascent on the
+probability had nothing to follow. The logits returned are log p' (a softmax of them gives p' back), K + 1 wide, or K + 2 for a
 reject-class model; the extra last output is never a target.
 
 Contract: images float32 N x C x H x W in [0, 1] -> float32 N x (W + 1) log-probabilities, W the wrapped

@@ -46,6 +46,7 @@ from ccc_ray.ood.metrics import acceptance_threshold
 from ccc_ray.ood.scores import OOD_SCORES, ood_score
 
 FAMILY_KINDS = ("generator", "search")
+NOISE_IMAGES = 256  # uniform-noise images whose median OOD score sets the gate's unit (see deployed_threshold)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class DeployedThreshold:
     score: str
     reject_class: bool
     ood_threshold: float
-    scale: float  # standard deviation of the score on the held-out real images: the gate's unit
+    scale: float  # the gate's unit: a tenth of the way from noise's median score to the threshold
     source: str  # "ONNX metadata" or "test split"
 
     def accepts(self, logits: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,12 @@ def deployed_threshold(target: AttackTarget, classifier_fn, dataset: ImageDatase
         threshold, source = float(metadata["threshold"]), "ONNX metadata"
     else:
         threshold, source = acceptance_threshold(scores), "test split"
-    return DeployedThreshold(score, target.reject_class, threshold, max(float(scores.std()), 1e-6), source)
+    noise = torch.rand(NOISE_IMAGES, *dataset.image_shape, generator=torch.Generator().manual_seed(0))
+    noise_score = float(ood_score(score, predict_logits(classifier_fn, noise), target.reject_class).median())
+    # The gate's unit: a tenth of the way from where a search starts (noise) to the threshold, so the gate
+    # moves (and gives a gradient) over that whole way; real images' spread where noise already passes.
+    scale = max((threshold - noise_score) / 10, float(scores.std()), 1e-6)
+    return DeployedThreshold(score, target.reject_class, threshold, scale, source)
 
 
 # ---- which families, at which budget -----------------------------------------------------------------------
