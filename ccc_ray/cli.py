@@ -30,6 +30,12 @@ DESCRIPTIONS = {
     "tune": "Ray Tune search over a trained method's loss weights (ASHA stops poor trials early); writes "
             "tune-trials.csv/.parquet and tune-best.yaml, which `train-generator --config` accepts. Starting "
             "the same search again resumes it.",
+    "scorecard": "Run every attack family that applies against MODEL (a torch file: white box, every family; an ONNX "
+                 "file: black box, black-box families), one Ray task per family, each at the --scorecard budget and "
+                 "against the deployed decision (class and OOD acceptance); report per family the success rate "
+                 "(confident at --keep.confidence_bar AND accepted by the model's OOD threshold AND far from the "
+                 "data, --far), the near share, evaluations and seconds per success; writes scorecard.json, "
+                 "scorecard.md and scorecard.png to the run folder.",
     "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
                 "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }
@@ -48,10 +54,11 @@ def command_sections(command: str) -> tuple[str, ...]:
     fixed = {
         "train-classifier": ("data", "classifier", "run"),
         "train-generator": ("data", "keep", "generate", "run") + _trained(),
-        "generate": ("data", "keep", "generate", "run"),
-        "attack": ("data", "keep", "attack", "run") + _searches(),
-        "harden": ("data", "keep", "generate", "harden", "run") + _trained(),
+        "generate": ("data", "keep", "far", "generate", "run"),
+        "attack": ("data", "keep", "far", "attack", "run") + _searches(),
+        "harden": ("data", "keep", "far", "generate", "harden", "scorecard", "run") + _trained() + _searches(),
         "tune": ("data", "keep", "generate", "tune", "run") + _trained(),
+        "scorecard": ("data", "keep", "scorecard", "far", "run") + _trained() + _searches(),
     }
     return fixed.get(command, tuple(section_classes()))
 
@@ -71,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data-root", dest="cfg:data.root", metavar="DIR", help="same as --data.root")
         command.add_argument("--download", dest="cfg:data.download", action="store_const", const="true",
                              help="same as --data.download true: fetch a torchvision data set into the root")
+        if name == "scorecard":
+            command.add_argument("cfg:scorecard.model", nargs="?", metavar="MODEL",
+                                 help="same as --scorecard.model: a .safetensors or .onnx classifier "
+                                      "(default: the run's classifier)")
         if name in ("harden", "pipeline"):
             command.add_argument("--rounds", dest="cfg:harden.rounds", type=int, metavar="R",
                                  help="same as --harden.rounds")

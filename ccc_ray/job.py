@@ -18,7 +18,9 @@ import yaml
 
 from ccc_ray.classifiers.build import ClassifierConfig
 from ccc_ray.config import config_from_dict, option, read_yaml, validate_config
+from ccc_ray.counterfeits.far import FarRule
 from ccc_ray.counterfeits.keep import KeepRule
+from ccc_ray.counterfeits.scorecard import FAMILY_KINDS, ScorecardSettings
 from ccc_ray.data.sources import DataConfig
 from ccc_ray.errors import CccError
 from ccc_ray.methods import METHODS, method_class
@@ -163,6 +165,8 @@ class JobConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     harden: HardenSettings = field(default_factory=HardenSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
+    scorecard: ScorecardSettings = field(default_factory=ScorecardSettings)
+    far: FarRule = field(default_factory=FarRule)
     run: RunSettings = field(default_factory=RunSettings)
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its config (one section each)
 
@@ -174,6 +178,10 @@ class JobConfig:
             if name not in METHODS and name in self.methods:
                 continue
             method_class(name, where, kinds=kinds)
+        for name in self.scorecard.families:
+            if name not in METHODS and name in self.methods:
+                continue
+            method_class(name, "scorecard.families", kinds=FAMILY_KINDS)
 
     def method_config(self, name: str):
         """The settings of method `name`: its section, or the method's defaults if the job has none."""

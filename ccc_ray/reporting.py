@@ -105,6 +105,18 @@ def render_report_md(report: dict) -> str:
         lines += ["", f"Counterfeits: {row['counterfeits_train']} for training, {row['counterfeits_held_out']} held "
                       f"out. Re-attack: {attack['samples']} samples, {_pct(attack['confident_share'])} confident, "
                       f"{_pct(attack['accepted_share'])} accepted, {_pct(attack['success_rate'])} both.", ""]
+    carded = [row for row in rounds if row.get("scorecard")]
+    if carded:
+        families = list(carded[0]["scorecard"])
+        lines += ["## Attack scorecard per round", "",
+                  "Success: confident at the bar AND accepted by the round's OOD threshold AND far from the data "
+                  "(`ccc-ray scorecard`; each round's folder holds its scorecard.md). Near share in brackets.", "",
+                  "| round | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+        for row in carded:
+            cells = [f"{_pct(row['scorecard'][f]['success_rate'])} ({_pct(row['scorecard'][f]['near_share'])})"
+                     if f in row["scorecard"] else "-" for f in families]
+            lines.append(f"| {row['round']} | " + " | ".join(cells) + " |")
+        lines.append("")
     export = report.get("export")
     if export:
         parity = export["parity_max_abs_probability_difference"]
@@ -116,3 +128,75 @@ def render_report_md(report: dict) -> str:
 
 def write_report_md(report: dict, path: str | Path) -> None:
     atomic_write_bytes(path, render_report_md(report).encode())
+
+
+# ---- the attack scorecard -------------------------------------------------------------------------------
+
+def _per_success(value) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def render_scorecard_md(card: dict) -> str:
+    """scorecard.json as Markdown: the rules it was judged by, then one row per attack family."""
+    ood, far = card["ood"], card["far"]
+    box = "white box (torch file)" if card["model_kind"] == "torch" else "black box (ONNX file)"
+    lines = [f"# ccc-ray attack scorecard: `{card['model']}`", "",
+             f"{box}, fingerprint `{card['classifier_sha256'][:12]}`. A success is a sample that is **confident** "
+             f"(softmax of its target >= {card['confidence_bar']} on the stored uint8 image), **accepted** "
+             f"(OOD score `{ood['score']}` >= {ood['ood_threshold']:.6g}, threshold from the {ood['source']}) "
+             f"**and far** from the data (nearest training image at >= {far['radius']:.4g} in {far['space']} "
+             f"space: the {far['percentile']:g}th percentile of held-out real images' own nearest distance). "
+             "Every family attacks the deployed decision (class and OOD acceptance together). Near share: of the "
+             "samples that were confident and accepted, the share near the data, which do not count.", "",
+             "| family | kind | box | samples | confident | accepted | confident & accepted | far | success rate "
+             "| near share | evaluations | evaluations / success | seconds | seconds / success |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in card["families"]:
+        lines.append(f"| {row['family']} | {row['kind']} | {'black' if row['black_box'] else 'white'} | "
+                     f"{row['samples']} | {row['confident']} | {row['accepted']} | {row['confident_and_accepted']} | "
+                     f"{row['far']} | **{_pct(row['success_rate'])}** ({row['successes']}) | "
+                     f"{_pct(row['near_share'])} | {row['evaluations']:,} | "
+                     f"{_per_success(row['evaluations_per_success'])} | {row['seconds']:.1f} | "
+                     f"{_per_success(row['seconds_per_success'])} |")
+    settings = card["settings"]
+    lines += ["", f"Budget: {settings['per_class']} samples per class and family; trained families "
+              f"{settings['generator_steps'] or 'their own'} steps, evolution {settings['generations'] or 'its own'} "
+              f"generations, others their own section's budget (each row's `budget` in scorecard.json). "
+              f"Wall clock {card['wall_seconds']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def scorecard_table(card: dict) -> str:
+    """The card as a plain-text table for the terminal."""
+    header = f"{'family':<18}{'success':>9}{'near':>8}{'conf&acc':>10}{'evals/success':>15}{'s/success':>11}"
+    rows = [header]
+    for row in card["families"]:
+        rows.append(f"{row['family']:<18}{_pct(row['success_rate']):>9}{_pct(row['near_share']):>8}"
+                    f"{row['confident_and_accepted']:>6}/{row['samples']:<3}"
+                    f"{_per_success(row['evaluations_per_success']):>15}{_per_success(row['seconds_per_success']):>11}")
+    return "\n".join(rows)
+
+
+def scorecard_png(card: dict, path: str | Path) -> None:
+    """One bar chart: per family, the share confident, confident and accepted, and successes (also far)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = card["families"]
+    x = np.arange(len(rows))
+    shares = {"confident": [r["confident"] / max(r["samples"], 1) for r in rows],
+              "confident & accepted": [r["confident_and_accepted"] / max(r["samples"], 1) for r in rows],
+              "success (+ far)": [r["success_rate"] for r in rows]}
+    figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.6))
+    width = 0.26
+    for offset, (label, values) in zip((-width, 0, width), shares.items()):
+        axis.bar(x + offset, values, width, label=label)
+    axis.set_xticks(x, [r["family"] for r in rows], rotation=15)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel(f"share of samples (bar {card['confidence_bar']})")
+    axis.set_title(f"attack scorecard: {Path(card['model']).name} ({card['model_kind']})", fontsize=9)
+    axis.legend(fontsize=7, loc="upper right")
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)

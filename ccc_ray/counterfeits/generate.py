@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
+from ccc_ray.counterfeits.far import FarFromData
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import (
     dequantize,
@@ -45,6 +46,7 @@ class GenerateReport:
     mean_nearest_train_l2: float
     test_mean_nearest_train_l2: float
     diversity_ratio_per_class: dict[int, float] = field(default_factory=dict)
+    near_dropped: int = 0  # confident samples not stored because the far rule called them near the data
 
     @property
     def kept_share(self) -> float:
@@ -59,7 +61,8 @@ class GenerateReport:
                 "kept_share": self.kept_share, "kept_share_per_class": self.kept_share_per_class,
                 "mean_nearest_train_l2": self.mean_nearest_train_l2,
                 "test_mean_nearest_train_l2": self.test_mean_nearest_train_l2,
-                "distance_ratio": self.distance_ratio, "diversity_ratio_per_class": self.diversity_ratio_per_class}
+                "distance_ratio": self.distance_ratio, "diversity_ratio_per_class": self.diversity_ratio_per_class,
+                "near_dropped": self.near_dropped}
 
 
 @dataclass
@@ -77,6 +80,7 @@ class KeptChunk:
     sample_index: np.ndarray  # n int64: position in the run's sample plan (the row id's input)
     source_id: list[str] | None = None
     mask: np.ndarray | None = None  # n x H x W uint8
+    near_dropped: int = 0  # confident samples of the chunk the far rule dropped as near the data
 
 
 def sample_plan(num_classes: int, per_class: int, batch_size: int) -> list[tuple[int, int, int]]:
@@ -87,28 +91,39 @@ def sample_plan(num_classes: int, per_class: int, batch_size: int) -> list[tuple
 
 
 def sample_chunk(method, classifier, dataset: ImageDataset, per_class: int, chunk: int, start: int, stop: int, *,
-                 confidence_bar: float, seed: int, device: torch.device | str = "cpu") -> KeptChunk:
-    """Sample one chunk of the plan with its own seed, judge it by the keep rule, keep the kept rows."""
+                 confidence_bar: float, seed: int, device: torch.device | str = "cpu",
+                 far: FarFromData | None = None) -> KeptChunk:
+    """Sample one chunk of the plan with its own seed, judge it by the keep rule, keep the kept rows.
+
+    With `far` (the fitted far rule), only kept samples that are also far from the data stay; the
+    confident ones dropped as near are counted (`near_dropped`)."""
     targets = torch.arange(dataset.num_classes).repeat_interleave(per_class)[start:stop]
     sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
     scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
     keep = scored.kept
+    near_dropped = 0
+    if far is not None:
+        too_near = keep & ~far.is_far(scored.stored)
+        near_dropped = int(too_near.sum())
+        keep = keep & ~too_near
     lineage = lineage_columns(sampled, keep)
     return KeptChunk(
         chunk, len(targets), scored.stored[keep].permute(0, 2, 3, 1).contiguous().numpy(), targets[keep].numpy(),
         scored.predicted[keep].numpy(), scored.confidence[keep].numpy().astype(np.float32),
         nearest_distances(scored.images[keep], dataset.train_images).numpy().astype(np.float32),
-        torch.arange(start, stop)[keep].numpy(), lineage.get("source_id"), lineage.get("mask"))
+        torch.arange(start, stop)[keep].numpy(), lineage.get("source_id"), lineage.get("mask"), near_dropped)
 
 
 def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: ImageDataset, *, store_dir: Path | str,
                           run_id: str, per_class: int, confidence_bar: float, seed: int, batch_size: int,
                           run_metadata: dict, device: torch.device | str = "cpu", progress: bool = True,
-                          chunks: Iterable[KeptChunk] | None = None) -> GenerateReport:
+                          chunks: Iterable[KeptChunk] | None = None,
+                          far: FarFromData | None = None) -> GenerateReport:
     """Sample `per_class` images per class, keep those the keep rule keeps, stream them into the store.
 
     `chunks` are the sampled chunks when another engine made them (Ray Data actors, in plan order);
-    by default they are sampled here, one after another. `store_dir` is a local folder or a storage URI
+    by default they are sampled here, one after another. With `far` (the fitted far rule) only kept
+    samples far from the data are stored; the confident near ones are counted in the report (`near_dropped`). `store_dir` is a local folder or a storage URI
     (s3://, gs://, ...). Memory is one chunk, a fixed diversity sample per class and 4 bytes per row (the
     distance figure), whatever the number of rows.
     """
@@ -116,11 +131,12 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
     total = k * per_class
     if chunks is None:
         chunks = (sample_chunk(method, classifier, dataset, per_class, chunk, start, stop,
-                               confidence_bar=confidence_bar, seed=seed, device=device)
+                               confidence_bar=confidence_bar, seed=seed, device=device, far=far)
                   for chunk, start, stop in sample_plan(k, per_class, batch_size))
     kept_per_class = np.zeros(k, dtype=np.int64)
     kept_images, kept_targets, kept_distances = [], [], []
     since_trim = 0
+    near_dropped = 0
     with CounterfeitWriter(store_dir, method.name, run_id, run_metadata, dataset.class_names) as writer, \
             tqdm(total=total, desc="generate", unit="img", disable=not progress) as bar:
         for kept in chunks:
@@ -136,12 +152,14 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
             kept_targets.append(torch.from_numpy(kept.targets[retain]))
             kept_distances.append(torch.from_numpy(kept.nearest_train_l2))
             bar.update(kept.sampled)
+            near_dropped += kept.near_dropped
             since_trim += kept.sampled * int(np.prod(dataset.image_shape)) * 4
             if since_trim >= TRIM_EVERY_BYTES:
                 return_freed_memory()
                 since_trim = 0
         if not kept_per_class.any():  # raising inside the writer's block aborts it: no empty store file
-            raise CccError(f"generate: none of {total} samples reached confidence {confidence_bar}; "
+            raise CccError(f"generate: none of {total} samples reached confidence {confidence_bar}"
+                           f"{f' far from the data ({near_dropped} confident ones were near)' if near_dropped else ''}; "
                            f"train the generator longer (--{method.name}.steps) or lower --keep.confidence_bar")
     kept_all = dequantize(torch.cat(kept_images))
     kept_t = torch.cat(kept_targets).long()
@@ -153,7 +171,8 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
         mean_nearest_train_l2=float(distances.mean()) if len(distances) else float("nan"),
         test_mean_nearest_train_l2=test_distance,
         diversity_ratio_per_class=per_class_diversity_ratio(kept_all, kept_t, dataset.test_images,
-                                                            dataset.test_labels, k))
+                                                            dataset.test_labels, k),
+        near_dropped=near_dropped)
 
 
 def lineage_columns(sampled, keep: torch.Tensor) -> dict:

@@ -32,6 +32,7 @@ import torch
 
 from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.weights import classifier_from_bytes, load_classifier
+from ccc_ray.counterfeits.far import FarFromData
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import dequantize, nearest_distances, quantize
 from ccc_ray.data.dataset import ImageDataset
@@ -58,30 +59,33 @@ class AttackTarget:
     reject_class: bool
 
 
-def load_target(classifier_path: str | Path, onnx_path: str | None, dataset: ImageDataset,
-                method: str) -> tuple[AttackTarget, ClassifierFn]:
-    """The classifier to attack and a callable for it, checked against the data; CccError on a mismatch."""
+def load_target(classifier_path: str | Path | None, onnx_path: str | None, dataset: ImageDataset,
+                method: str | None, where: str = "attack.onnx_path") -> tuple[AttackTarget, ClassifierFn]:
+    """The classifier to attack and a callable for it, checked against the data; CccError on a mismatch.
+
+    `method` (when given) must be able to attack an ONNX model; `where` names the setting in messages.
+    """
     shape = "x".join(map(str, dataset.image_shape))
     if onnx_path is None:
         model, info = load_classifier(classifier_path, dataset.image_shape, dataset.num_classes)
         target = AttackTarget(TORCH, str(classifier_path), Path(classifier_path).read_bytes(), info.sha256,
                               info.num_outputs, info.reject_class)
         return target, prepare_for_attack(model)
-    if not METHODS[method].black_box:
+    if method is not None and not METHODS[method].black_box:
         black_box = [name for name, cls in METHODS.items() if cls.kind == "search" and cls.black_box]
-        raise CccError(f"attack.onnx_path: {method} needs gradients and an ONNX model is a black box; "
+        raise CccError(f"{where}: {method} needs gradients and an ONNX model is a black box; "
                        f"attack it with {' or '.join(black_box)}")
     if not Path(onnx_path).is_file():
-        raise CccError(f"attack.onnx_path: ONNX model {onnx_path!r} does not exist")
+        raise CccError(f"{where}: ONNX model {onnx_path!r} does not exist")
     model = OnnxClassifier(onnx_path, spin_wait=False)
     if tuple(model.image_shape) != tuple(dataset.image_shape):
-        raise CccError(f"attack.onnx_path: {onnx_path!r} takes images "
+        raise CccError(f"{where}: {onnx_path!r} takes images "
                        f"{'x'.join(map(str, model.image_shape))}, but the data ({dataset.name}) has {shape}; "
                        "pass the data set the model was trained on (--data.name, --data.image_size)")
     reject = bool(model.metadata.get("reject_class", False))
     expected = dataset.num_classes + int(reject)
     if model.num_classes != expected:
-        raise CccError(f"attack.onnx_path: {onnx_path!r} has {model.num_classes} outputs, but the data "
+        raise CccError(f"{where}: {onnx_path!r} has {model.num_classes} outputs, but the data "
                        f"({dataset.name}) has {dataset.num_classes} classes"
                        f"{' plus the reject class its metadata names' if reject else ''}")
     raw = Path(onnx_path).read_bytes()
@@ -201,6 +205,7 @@ class AttackReport:
     wall_seconds: float  # driver wall clock from starting the actors to the last result (Ray start-up excluded)
     mean_nearest_train_l2: float
     test_mean_nearest_train_l2: float
+    near_dropped: int = 0  # confident champions not stored because the far rule called them near the data
 
     @property
     def counterfeits_per_second(self) -> float:
@@ -213,8 +218,11 @@ class AttackReport:
 
 def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, target: AttackTarget,
                        dataset: ImageDataset, *, method: str, confidence_bar: float, store_dir: Path | str,
-                       run_id: str, run_metadata: dict, wall_seconds: float) -> AttackReport:
+                       run_id: str, run_metadata: dict, wall_seconds: float,
+                       far: FarFromData | None = None) -> AttackReport:
     """Judge every run's stored images by the keep rule against `classifier_fn`, write the kept to one store file.
+
+    With `far` (the fitted far rule), kept images near the data are not stored (counted in `near_dropped`).
 
     Row ids follow (run id, method, run seed, repetition x K + class), so re-running the same attack
     replaces its file with the same rows.
@@ -224,6 +232,7 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
     generations: dict[int, list[int]] = {}
     evaluations: dict[int, list[int]] = {}
     distances = []
+    near_dropped = 0
     results = sorted(results, key=lambda result: result.run.index)
     for result in results:
         for c, g, e in zip(result.run.classes, result.generations.tolist(), result.evaluations.tolist()):
@@ -235,6 +244,10 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
             targets = torch.tensor(result.run.classes, dtype=torch.int64)
             scored = score_as_stored(stored, targets, classifier_fn, confidence_bar, "cpu")
             keep, confidence = scored.kept, scored.confidence
+            if far is not None:
+                too_near = keep & ~far.is_far(stored)
+                near_dropped += int(too_near.sum())
+                keep = keep & ~too_near
             near = nearest_distances(dequantize(stored[keep]), dataset.train_images)
             distances.append(near)
             for c in targets[keep].tolist():
@@ -245,7 +258,8 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
                 run_id=run_id, method=method, classifier_sha256=target.sha256, seed=result.run.seed))
         if not writer.rows:  # raising inside the writer's block aborts it: no empty store file
             raise CccError(f"attack: none of {len(results)} {method} run(s) reached confidence {confidence_bar} on "
-                           f"any class; give the search more budget (--{method}.max_generations for evolution, "
+                           f"any class{f' far from the data ({near_dropped} confident ones were near)' if far else ''}"
+                           f"; give the search more budget (--{method}.max_generations for evolution, "
                            f"--{method}.steps for gradient ascent) or lower --keep.confidence_bar")
     near = torch.cat(distances)
     return AttackReport(
@@ -253,7 +267,7 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
         kept_per_class=kept_per_class, generations_to_threshold=generations, evaluations_to_threshold=evaluations,
         total_evaluations=sum(result.total_evaluations for result in results),
         search_seconds=sum(result.seconds for result in results), wall_seconds=wall_seconds,
-        mean_nearest_train_l2=float(near.mean()),
+        mean_nearest_train_l2=float(near.mean()), near_dropped=near_dropped,
         test_mean_nearest_train_l2=float(nearest_distances(dataset.test_images, dataset.train_images).mean()))
 
 

@@ -30,6 +30,7 @@ from ccc_ray.counterfeits.generate import (
     sample_plan,
     write_report,
 )
+from ccc_ray.counterfeits.far import FarFromData, fit_far_rule
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
@@ -44,7 +45,7 @@ class ChunkSampler:
     """A Ray Data actor: the generator and classifier loaded once, then one chunk of the plan per call."""
 
     def __init__(self, generator_bytes: bytes, classifier_bytes: bytes, classifier_path: str, data: DataConfig,
-                 per_class: int, confidence_bar: float, seed: int, use_gpu: bool):
+                 per_class: int, confidence_bar: float, seed: int, use_gpu: bool, far: FarFromData | None):
         import torch
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -55,11 +56,12 @@ class ChunkSampler:
             file = Path(folder) / "generator.safetensors"
             file.write_bytes(generator_bytes)
             self.method, _ = load_generator(file, self.device, self.classifier)
-        self.per_class, self.confidence_bar, self.seed = per_class, confidence_bar, seed
+        self.per_class, self.confidence_bar, self.seed, self.far = per_class, confidence_bar, seed, far
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kept = [sample_chunk(self.method, self.classifier, self.dataset, self.per_class, int(chunk), int(start),
-                             int(stop), confidence_bar=self.confidence_bar, seed=self.seed, device=self.device)
+                             int(stop), confidence_bar=self.confidence_bar, seed=self.seed, device=self.device,
+                             far=self.far)
                 for chunk, start, stop in zip(batch["chunk"], batch["start"], batch["stop"])]
         return chunk_columns(kept)
 
@@ -69,7 +71,8 @@ def chunk_columns(chunks: list[KeptChunk]) -> dict[str, np.ndarray]:
     ride along on every row so the driver can rebuild the chunks, and an empty chunk leaves one marker row."""
     columns: dict[str, list] = {name: [] for name in ("chunk", "sampled", "marker", "images_hwc", "targets",
                                                       "predicted", "confidence", "nearest_train_l2",
-                                                      "sample_index", "source_id", "mask", "has_mask")}
+                                                      "sample_index", "source_id", "mask", "has_mask",
+                                                      "near_dropped")}
     for kept in chunks:
         rows = len(kept.targets)
         count = max(rows, 1)
@@ -86,6 +89,7 @@ def chunk_columns(chunks: list[KeptChunk]) -> dict[str, np.ndarray]:
         mask = kept.mask if kept.mask is not None and rows else np.zeros((count, *shape[:2]), np.uint8)
         columns["mask"] += list(mask)
         columns["has_mask"] += [kept.mask is not None] * count
+        columns["near_dropped"] += [kept.near_dropped] * count
     return {name: np.array(values, dtype=object) if name == "source_id" else np.stack(values)
             if name in ("images_hwc", "mask") else np.array(values) for name, values in columns.items()}
 
@@ -103,10 +107,11 @@ def chunks_from_batches(batches) -> Iterator[KeptChunk]:
                 batch["confidence"][rows].astype(np.float32), batch["nearest_train_l2"][rows].astype(np.float32),
                 batch["sample_index"][rows].astype(np.int64),
                 [str(s) for s in source_ids] if len(source_ids) and source_ids[0] is not None else None,
-                batch["mask"][rows] if has_mask else None)
+                batch["mask"][rows] if has_mask else None,
+                int(batch["near_dropped"][batch["chunk"] == chunk][0]))
 
 
-def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: bool):
+def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: bool, far: FarFromData | None):
     """The run's chunks sampled by a Ray Data actor pool, streamed back in plan order."""
     import ray.data
 
@@ -122,7 +127,7 @@ def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: 
                                "classifier_bytes": classifier_file.read_bytes(),
                                "classifier_path": str(classifier_file), "data": job.data,
                                "per_class": job.generate.per_class, "confidence_bar": job.keep.confidence_bar,
-                               "seed": job.generate.seed, "use_gpu": use_gpu})
+                               "seed": job.generate.seed, "use_gpu": use_gpu, "far": far})
     return chunks_from_batches(ds.iter_batches(batch_size=None, batch_format="numpy"))
 
 
@@ -154,15 +159,16 @@ def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:
     ensure_writable_dir(job.run.run_dir, "run.output_dir")
     run_metadata = {"config": asdict(job), "classifier_sha256": info.sha256, "generator_steps": meta.get("steps"),
                     "versions": versions()}
+    far = fit_far_rule(job.far, dataset, job.run.classifier_file) if job.far.gate_store else None
     actors = actor_count(job)
     chunks = None
     if actors:
         ensure_ray()
-        chunks = ray_data_chunks(job, generator_file, actors, resolve_use_gpu(job.run))
+        chunks = ray_data_chunks(job, generator_file, actors, resolve_use_gpu(job.run), far)
     report = generate_counterfeits(
         method, classifier, info.sha256, dataset, store_dir=job.run.store_dir, run_id=job.run.run_id,
         per_class=job.generate.per_class, confidence_bar=job.keep.confidence_bar, seed=job.generate.seed,
         batch_size=job.generate.batch_size, run_metadata=run_metadata, device=device, progress=progress,
-        chunks=chunks)
+        chunks=chunks, far=far)
     write_report(report, job.run.run_dir / f"generate-{method.name}.json")
     return report

@@ -29,6 +29,7 @@ from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_classifier import harden_classifier
+from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
@@ -55,6 +56,21 @@ def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, da
     method, _ = load_generator(generator_file)
     targets = torch.arange(dataset.num_classes).repeat_interleave(count_per_class)
     return method.sample_with_lineage(targets, job.generate.seed + REATTACK_SEED_OFFSET, dataset).images, targets
+
+
+def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress) -> dict | None:
+    """With `scorecard.each_round`: every attack family against this round's model (round 0: the baseline),
+    written to the round's folder; per family the figures report.json keeps. The far rule keeps the run's
+    baseline classifier as its reference."""
+    if not job.scorecard.each_round:
+        return None
+    this = round_job(job, round_index, model_path)
+    this = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(job.run.classifier_file)),
+                               scorecard=dataclasses.replace(job.scorecard, model=str(model_path)))
+    ensure_writable_dir(this.run.run_dir, "run.output_dir")
+    card = run_scorecard_on_ray(this, progress).to_dict()
+    kept = ("samples", "successes", "success_rate", "near_share", "evaluations_per_success", "seconds_per_success")
+    return {row["family"]: {name: row[name] for name in kept} for row in card["families"]}
 
 
 def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -96,6 +112,7 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
              "attack": attack_success_rate(baseline, False, attack_images, attack_targets,
                                            baseline_eval.primary_score, baseline_eval.ood_threshold,
                                            job.keep.confidence_bar, device=device)}]
+    rows[0]["scorecard"] = round_scorecard(job, 0, baseline_path, progress)
     progress(f"[harden] baseline: clean accuracy {baseline_eval.clean_accuracy:.4f}, "
              f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
     evaluations = [baseline_eval]
@@ -134,7 +151,8 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
         rows.append({"round": round_index, "model": str(hardened_path), "classifier_sha256": hardened_info.sha256,
                      "counterfeits_train": len(split.train_ids), "counterfeits_held_out": len(split.eval_ids),
                      "final_train_loss": metrics.get("train_loss"), **evaluation.to_dict(),
-                     "attack": {**attack, "kept_for_next_round": kept}})
+                     "attack": {**attack, "kept_for_next_round": kept},
+                     "scorecard": round_scorecard(job, round_index, hardened_path, progress)})
         evaluations.append(evaluation)
         progress(f"[harden] round {round_index}: clean accuracy {evaluation.clean_accuracy:.4f}, held-out AUROC "
                  f"{rows[-1]['ood'][HELD_OUT][evaluation.primary_score]['auroc']:.4f}, re-attack success "

@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import ray
 
+from ccc_ray.counterfeits.far import fit_far_rule
 from ccc_ray.counterfeits.search import (
     AttackReport,
     AttackRun,
@@ -80,6 +81,7 @@ def run_attack(job: JobConfig, progress=print) -> AttackReport:
     build_search(method, job.method_config(cfg.method), classifier_fn, target.num_outputs, dataset.image_shape,
                  job.keep.confidence_bar)  # a method that cannot search this classifier fails here, before Ray
     targets = check_targets_in_range(cfg.targets, dataset.num_classes)
+    far = fit_far_rule(job.far, dataset, job.run.classifier_file, classifier_fn) if job.far.gate_store else None
     runs = plan_runs(targets, cfg.per_class, cfg.class_groups, cfg.seed)
     ensure_writable_dir(job.run.store_dir, "run.counterfeit_store")
     run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
@@ -120,6 +122,6 @@ def run_attack(job: JobConfig, progress=print) -> AttackReport:
                 "versions": versions()}
     report = write_counterfeits(results, classifier_fn, target, dataset, method=cfg.method, confidence_bar=job.keep.confidence_bar,
                                 store_dir=job.run.store_dir, run_id=job.run.run_id, run_metadata=metadata,
-                                wall_seconds=time.perf_counter() - start)
+                                wall_seconds=time.perf_counter() - start, far=far)
     write_report(report, run_dir / f"attack-{cfg.method}.json")
     return report

@@ -10,8 +10,10 @@ import json
 from ccc_ray.counterfeits.generate import GenerateReport
 from ccc_ray.counterfeits.search import summary_line as attack_summary_line
 from ccc_ray.job import JobConfig
+from ccc_ray.reporting import scorecard_table
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_rounds import run_hardening
+from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
 from ccc_ray.orchestration.search_actors import run_attack
 from ccc_ray.orchestration.train_classifier import train_classifier
 from ccc_ray.orchestration.train_method import train_method
@@ -65,6 +67,13 @@ def tune_stage(job: JobConfig, progress=print_flush) -> dict:
     return summary
 
 
+def scorecard_stage(job: JobConfig, progress=print_flush) -> dict:
+    card = run_scorecard_on_ray(job, progress=progress).to_dict()
+    progress(scorecard_table(card))
+    progress(f"scorecard: {job.run.run_dir / 'scorecard.md'} (and scorecard.json, scorecard.png)")
+    return card
+
+
 def pipeline_stage(job: JobConfig, progress=print_flush) -> dict:
     """train-classifier -> train-generator -> generate -> harden (evaluate, re-attack, export)."""
     progress("== train-classifier")
@@ -84,6 +93,7 @@ STAGES = {
     "attack": attack_stage,
     "harden": harden_stage,
     "tune": tune_stage,
+    "scorecard": scorecard_stage,
     "pipeline": pipeline_stage,
 }
 

@@ -1,0 +1,320 @@
+"""The attack scorecard without Ray: every attack family that applies, each at a stated budget, against
+one classifier, judged by one rule.
+
+A family is a registered method of kind "generator" (trained here, in-process, against the model) or
+"search" (run against it); joint methods train a classifier of their own and are not attacks on a given
+one. A torch file is a white box: every family applies. An ONNX file is a black box: only families with
+`black_box` apply. Every family attacks the *deployed decision* (`DeployedDecision`): the target class
+AND acceptance by the model's OOD score at its threshold, so against a reject-class or outlier-exposure
+model the attacker optimises both.
+
+Every sample is judged on the image as stored (uint8), against the model itself:
+- confident: the keep rule (`keep.py`) at the user's `keep.confidence_bar`;
+- accepted: the model's OOD score >= its threshold (the ONNX metadata's, or calibrated on the test split
+  to accept 95% of it for a torch file or an ONNX file without one);
+- far: the far rule (`far.py`), fitted on the run's data.
+A success is all three. Per family the card reports the success rate, the near share (of the samples
+that were confident and accepted, the share that were near the data and so do not count: attacker effort
+spent finding the data), classifier evaluations (images the model scored, training passes included) and
+seconds per success.
+
+Contract: images uint8 N x C x H x W as stored; targets int64 N in [0, K).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ccc_ray.classifiers.training import predict_logits
+from ccc_ray.config import option
+from ccc_ray.counterfeits.deployed_decision import DeployedDecision
+from ccc_ray.counterfeits.far import FarFromData
+from ccc_ray.counterfeits.keep import score_as_stored
+from ccc_ray.counterfeits.quality import quantize
+from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, plan_runs, search_run
+from ccc_ray.data.dataset import ImageDataset
+from ccc_ray.errors import CccError
+from ccc_ray.methods import METHODS, MethodContext, SearchMethod, TrainedMethod, TrainingSchedule, method_class
+from ccc_ray.methods.map_elites import EvolutionSchedule
+from ccc_ray.ood.metrics import acceptance_threshold
+from ccc_ray.ood.scores import OOD_SCORES, ood_score
+
+FAMILY_KINDS = ("generator", "search")
+NOISE_IMAGES = 256  # uniform-noise images whose median OOD score sets the gate's unit (see deployed_threshold)
+
+
+@dataclass
+class ScorecardSettings:
+    model: str | None = option(None, "the classifier to score: a ccc-ray torch file (.safetensors: white box, every "
+                                     "family) or an ONNX file (.onnx: black box, black-box families only); "
+                                     "default: the run's classifier")
+    families: list[str] = option([], "attack families to run (registered method names, e.g. inversion,cppn); "
+                                     "default: every generator and search method that applies to the model")
+    per_class: int = option(5, "samples per class and family (a search: one independently seeded run each)", ge=1)
+    generator_steps: int = option(300, "training steps of every trained family (its section's `steps`); "
+                                       "0 = the section's own", ge=0)
+    generations: int = option(100, "generations of every evolution family (its section's `max_generations`); "
+                                   "0 = the section's own", ge=0)
+    ood_score: str = option("auto", "OOD score the deployed model accepts by: auto (an ONNX file's metadata; "
+                                    "not_reject for a reject-class model, max_softmax otherwise), or a score name")
+    seed: int = option(0, "seed of the samples and of every search's runs")
+    cpus_per_task: float = option(1.0, "CPUs per Ray task (one task per family); its torch / onnxruntime threads",
+                                  gt=0)
+    each_round: bool = option(False, "harden: also score the baseline and every round's model with the scorecard "
+                                     "(written to each round's folder, summarised in report.json and report.md)")
+
+    def validate(self) -> None:
+        if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
+            raise CccError(f"scorecard.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
+
+
+# ---- what the deployed model accepts ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeployedThreshold:
+    """The OOD side of the deployed decision: score, threshold, and where the threshold came from."""
+
+    score: str
+    reject_class: bool
+    ood_threshold: float
+    scale: float  # the gate's unit: a tenth of the way from noise's median score to the threshold
+    source: str  # "ONNX metadata" or "test split"
+
+    def accepts(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bool N: the model's OOD score accepts each image (score >= threshold)."""
+        return ood_score(self.score, logits, self.reject_class) >= self.ood_threshold
+
+    def objective(self, classifier_fn, confidence_bar: float) -> DeployedDecision:
+        """The classifier the attack families see: confident in class k only where the score accepts."""
+        return DeployedDecision(classifier_fn, self.score, self.reject_class, self.ood_threshold, confidence_bar,
+                                self.scale)
+
+
+def deployed_threshold(target: AttackTarget, classifier_fn, dataset: ImageDataset,
+                       score_setting: str = "auto") -> DeployedThreshold:
+    """The score and threshold the model is deployed with: an ONNX file's metadata where it has them for the
+    score in use, else calibrated on the test split (95% of real held-out images accepted)."""
+    metadata = getattr(classifier_fn, "metadata", {}) if target.kind == ONNX else {}
+    score = score_setting
+    if score == "auto":
+        score = metadata.get("ood_score") or ("not_reject" if target.reject_class else "max_softmax")
+    if score == "not_reject" and not target.reject_class:
+        raise CccError(f"scorecard.ood_score: not_reject needs a model with a reject class; {target.path!r} has "
+                       "none (pick max_softmax, max_logit or negative_energy)")
+    scores = ood_score(score, predict_logits(classifier_fn, dataset.test_images), target.reject_class)
+    if metadata.get("threshold") is not None and metadata.get("ood_score") == score:
+        threshold, source = float(metadata["threshold"]), "ONNX metadata"
+    else:
+        threshold, source = acceptance_threshold(scores), "test split"
+    noise = torch.rand(NOISE_IMAGES, *dataset.image_shape, generator=torch.Generator().manual_seed(0))
+    noise_score = float(ood_score(score, predict_logits(classifier_fn, noise), target.reject_class).median())
+    # The gate's unit: a tenth of the way from where a search starts (noise) to the threshold, so the gate
+    # moves (and gives a gradient) over that whole way; real images' spread where noise already passes.
+    scale = max((threshold - noise_score) / 10, float(scores.std()), 1e-6)
+    return DeployedThreshold(score, target.reject_class, threshold, scale, source)
+
+
+# ---- which families, at which budget -----------------------------------------------------------------------
+
+def scorecard_families(requested: list[str], target: AttackTarget) -> list[str]:
+    """The families to run: `requested` (checked), or every generator and search method that applies."""
+    black_box = [name for name, cls in METHODS.items() if cls.kind in FAMILY_KINDS and cls.black_box]
+    if not requested:
+        return [name for name, cls in METHODS.items()
+                if cls.kind in FAMILY_KINDS and (target.kind != ONNX or cls.black_box)]
+    for name in requested:
+        cls = method_class(name, "scorecard.families", kinds=FAMILY_KINDS)
+        if target.kind == ONNX and not cls.black_box:
+            raise CccError(f"scorecard.families: {name} needs gradients and {target.path!r} is an ONNX model, a "
+                           f"black box; the black-box families are {', '.join(black_box)}")
+    return list(dict.fromkeys(requested))
+
+
+def family_config(config, settings: ScorecardSettings):
+    """A family's section with the scorecard's budget applied: steps for trained families, generations for
+    evolution; anything else runs at its own section's budget."""
+    if isinstance(config, TrainingSchedule) and settings.generator_steps:
+        config = dataclasses.replace(config, steps=settings.generator_steps)
+    if isinstance(config, EvolutionSchedule) and settings.generations:
+        config = dataclasses.replace(config, max_generations=settings.generations)
+    return config
+
+
+# ---- one family's attack -------------------------------------------------------------------------------------
+
+class CountingClassifier(nn.Module):
+    """The model, counting every image it scores: the cost of an attack in classifier evaluations."""
+
+    def __init__(self, classifier_fn):
+        super().__init__()
+        self.classifier = classifier_fn
+        self.image_shape = getattr(classifier_fn, "image_shape", None)
+        self.evaluations = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.evaluations += len(images)
+        return self.classifier(images)
+
+
+@dataclass
+class FamilyAttack:
+    """What one family produced at its budget, before judging; plain tensors so it travels through Ray."""
+
+    family: str
+    kind: str
+    black_box: bool
+    images: torch.Tensor  # N x C x H x W uint8, as stored
+    targets: torch.Tensor  # N int64
+    evaluations: int  # images the model scored during the attack (training passes included)
+    seconds: float  # the attack's wall clock (training included, model loading excluded)
+    budget: dict  # the family's section as it ran
+
+
+def train_in_process(method: TrainedMethod, dataset: ImageDataset) -> None:
+    """Fit a trained method for its `steps` in this process, as Ray Train's loop does on one worker."""
+    config = method.config
+    data = method.training_data(dataset)
+    batches = None
+    if data is not None:
+        loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                             generator=torch.Generator().manual_seed(config.seed))
+        if len(loader) == 0:
+            raise CccError(f"{method.name}: its training data has {len(data)} images, fewer than one batch of "
+                           f"{config.batch_size}; lower --{method.name}.batch_size")
+        batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    while method.step < config.steps:
+        batch = None if batches is None else tuple(part.to(method.device) for part in next(batches))
+        rng = torch.Generator(device=method.device).manual_seed(config.seed * 1_000_003 + method.step)
+        method.training_step(batch, rng, config.batch_size)
+
+
+def attack_family(method_cls, config, classifier_fn, decision: DeployedThreshold, dataset: ImageDataset,
+                  per_class: int, seed: int, confidence_bar: float,
+                  device: torch.device | str = "cpu") -> FamilyAttack:
+    """Run one family against the deployed decision of `classifier_fn`: `per_class` samples per class."""
+    counter = CountingClassifier(classifier_fn)
+    objective = decision.objective(counter, confidence_bar)
+    k = dataset.num_classes
+    start = time.perf_counter()
+    if issubclass(method_cls, SearchMethod):
+        width = k + int(decision.reject_class) + 1  # the objective's outputs: the model's, then "not accepted"
+        method = build_search(method_cls, config, objective, width, dataset.image_shape, confidence_bar, device)
+        results = [search_run(method, run) for run in plan_runs(list(range(k)), per_class, 1, seed)]
+        images = torch.cat([torch.from_numpy(result.images).permute(0, 3, 1, 2) for result in results])
+        targets = torch.cat([torch.tensor(result.run.classes, dtype=torch.int64) for result in results])
+    else:
+        method = method_cls(config, MethodContext(dataset.image_shape, k, objective, device, confidence_bar))
+        train_in_process(method, dataset)
+        targets = torch.arange(k).repeat_interleave(per_class)
+        images = quantize(method.sample_with_lineage(targets, seed, dataset).images.detach().cpu())
+    return FamilyAttack(method_cls.name, method_cls.kind, bool(method_cls.black_box), images.contiguous(), targets,
+                        counter.evaluations, time.perf_counter() - start, dataclasses.asdict(config))
+
+
+# ---- judging ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FamilyScore:
+    """One row of the scorecard."""
+
+    family: str
+    kind: str
+    black_box: bool
+    samples: int
+    confident: int  # keep rule: confidence >= the bar on the stored image
+    accepted: int  # OOD score >= threshold
+    confident_and_accepted: int  # what fools the deployed model, near or far
+    far: int  # far from the data (far rule)
+    successes: int  # confident AND accepted AND far
+    evaluations: int
+    seconds: float
+    budget: dict = field(default_factory=dict)
+    mean_nearest_distance: float = float("nan")  # in the far rule's space
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(self.samples, 1)
+
+    @property
+    def near_share(self) -> float:
+        """Of the samples that fooled the deployed model, the share near the data (which do not count)."""
+        return 1 - self.successes / self.confident_and_accepted if self.confident_and_accepted else 0.0
+
+    @property
+    def evaluations_per_success(self) -> float | None:
+        return self.evaluations / self.successes if self.successes else None
+
+    @property
+    def seconds_per_success(self) -> float | None:
+        return self.seconds / self.successes if self.successes else None
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "success_rate": self.success_rate, "near_share": self.near_share,
+                "evaluations_per_success": self.evaluations_per_success,
+                "seconds_per_success": self.seconds_per_success}
+
+
+def judge_family(attack: FamilyAttack, classifier_fn, decision: DeployedThreshold, far: FarFromData,
+                 confidence_bar: float) -> FamilyScore:
+    """Judge every sample against the model itself (not the attacker's objective): confident, accepted, far."""
+    scored = score_as_stored(attack.images, attack.targets, classifier_fn, confidence_bar)
+    accepted = decision.accepts(scored.logits) if len(attack.targets) else scored.kept
+    distances = far.nearest(scored.stored)
+    is_far = distances >= far.radius
+    fooled = scored.kept & accepted
+    return FamilyScore(attack.family, attack.kind, attack.black_box, len(attack.targets), int(scored.kept.sum()),
+                       int(accepted.sum()), int(fooled.sum()), int(is_far.sum()), int((fooled & is_far).sum()),
+                       attack.evaluations, attack.seconds, attack.budget,
+                       float(distances.mean()) if len(distances) else float("nan"))
+
+
+@dataclass
+class Scorecard:
+    """The whole card: the model, the rules it was judged by, one row per family."""
+
+    model: str
+    model_kind: str  # torch (white box) or onnx (black box)
+    classifier_sha256: str
+    confidence_bar: float
+    decision: DeployedThreshold
+    far: dict  # the fitted far rule: space, percentile, radius
+    settings: dict
+    families: list[FamilyScore]
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "model_kind": self.model_kind, "classifier_sha256": self.classifier_sha256,
+                "confidence_bar": self.confidence_bar, "ood": dataclasses.asdict(self.decision), "far": self.far,
+                "settings": self.settings, "wall_seconds": self.wall_seconds,
+                "families": [row.to_dict() for row in self.families]}
+
+
+def run_scorecard(target: AttackTarget, classifier_fn, dataset: ImageDataset, settings: ScorecardSettings,
+                  method_configs: dict, far: FarFromData, confidence_bar: float,
+                  device: torch.device | str = "cpu", progress=None) -> Scorecard:
+    """Every family in this process, one after another (the Ray driver runs them as parallel tasks)."""
+    start = time.perf_counter()
+    decision = deployed_threshold(target, classifier_fn, dataset, settings.ood_score)
+    rows = []
+    for family in scorecard_families(settings.families, target):
+        config = family_config(method_configs.get(family) or METHODS[family].config_class(), settings)
+        attack = attack_family(METHODS[family], config, classifier_fn, decision, dataset, settings.per_class,
+                               settings.seed, confidence_bar, device)
+        rows.append(judge_family(attack, classifier_fn, decision, far, confidence_bar))
+        if progress:
+            progress(summary_line(rows[-1]))
+    return Scorecard(target.path, target.kind, target.sha256, confidence_bar, decision, far.describe(),
+                     dataclasses.asdict(settings), rows, time.perf_counter() - start)
+
+
+def summary_line(row: FamilyScore) -> str:
+    per = row.evaluations_per_success
+    return (f"{row.family}: {row.successes}/{row.samples} successes ({row.success_rate:.1%}), near share "
+            f"{row.near_share:.1%}, {row.evaluations:,} evaluations"
+            + (f" ({per:,.0f} per success)" if per else "") + f", {row.seconds:.1f} s")

@@ -1,0 +1,101 @@
+"""The scorecard without Ray: families that apply, budgets, the deployed threshold, and judging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ccc_ray.classifiers.weights import load_classifier
+from ccc_ray.counterfeits.far import FarFromData, FarRule
+from ccc_ray.counterfeits.scorecard import (
+    DeployedThreshold,
+    FamilyAttack,
+    ScorecardSettings,
+    deployed_threshold,
+    family_config,
+    judge_family,
+    run_scorecard,
+    scorecard_families,
+)
+from ccc_ray.counterfeits.search import load_target
+from ccc_ray.errors import CccError
+from ccc_ray.export.onnx_export import export_onnx
+from ccc_ray.methods import METHODS
+from ccc_ray.methods.cppn import CppnConfig
+from ccc_ray.methods.gradient_ascent import GradientAscentConfig
+from ccc_ray.methods.inversion import InversionConfig
+from ccc_ray.ood.scores import ood_score
+
+torch.set_num_threads(1)
+
+TINY = ScorecardSettings(per_class=1, generator_steps=3, generations=2)
+CONFIGS = {"inversion": InversionConfig(batch_size=20), "gradient_ascent": GradientAscentConfig(steps=5)}
+
+
+@pytest.fixture(scope="module")
+def far(digits):
+    return FarFromData.fit(FarRule(), digits.train_images, digits.test_images)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory, digits_classifier_file):
+    model, info = load_classifier(digits_classifier_file)
+    path = tmp_path_factory.mktemp("onnx") / "classifier.onnx"
+    export_onnx(model, path, list(info.class_names), info.image_shape, "max_softmax", 0.42)
+    return path
+
+
+def test_every_family_runs_white_box_at_its_budget_and_is_judged(digits, digits_classifier_file, far):
+    target, model = load_target(digits_classifier_file, None, digits, None)
+    card = run_scorecard(target, model, digits, TINY, CONFIGS, far, 0.99)
+    rows = {row.family: row for row in card.families}
+    assert set(rows) == {name for name, cls in METHODS.items() if cls.kind in ("generator", "search")}
+    assert card.decision.source == "test split" and card.decision.score == "max_softmax"
+    for row in rows.values():
+        assert row.samples == digits.num_classes  # per_class 1
+        assert row.successes <= row.confident_and_accepted <= min(row.confident, row.accepted)
+        assert row.successes <= row.far and row.evaluations > 0 and row.seconds > 0
+        assert 0 <= row.near_share <= 1
+    assert rows["inversion"].budget["steps"] == 3 and rows["cppn"].budget["max_generations"] == 2
+    assert rows["gradient_ascent"].budget["steps"] == 5  # no scorecard override: its own section
+    assert rows["inversion"].evaluations >= 3 * 20  # every training pass counts
+
+
+def test_an_onnx_file_is_a_black_box_with_its_metadata_threshold(digits, onnx_file):
+    target, model = load_target(None, str(onnx_file), digits, None, "scorecard.model")
+    assert scorecard_families([], target) == [n for n, c in METHODS.items() if c.kind == "search" and c.black_box]
+    decision = deployed_threshold(target, model, digits)
+    assert (decision.score, decision.ood_threshold, decision.source) == ("max_softmax", 0.42, "ONNX metadata")
+    with pytest.raises(CccError, match="gradient_ascent needs gradients"):
+        scorecard_families(["gradient_ascent"], target)
+    with pytest.raises(CccError, match="unknown generator or search method 'nope'"):
+        scorecard_families(["nope"], target)
+
+
+def test_budgets_apply_to_trained_and_evolution_families_only():
+    assert family_config(InversionConfig(), TINY).steps == 3
+    assert family_config(CppnConfig(), TINY).max_generations == 2
+    assert family_config(GradientAscentConfig(), TINY) == GradientAscentConfig()
+    assert family_config(CppnConfig(), ScorecardSettings(generations=0)).max_generations == CppnConfig().max_generations
+
+
+def test_a_success_is_confident_accepted_and_far_and_near_ones_are_reported(digits, digits_classifier_file, far):
+    target, model = load_target(digits_classifier_file, None, digits, None)
+    decision = deployed_threshold(target, model, digits)
+    # Real test digits the model gets right: confident and accepted mostly, but near the data.
+    images = (digits.test_images[:40] * 255).round().to(torch.uint8)
+    attack = FamilyAttack("real", "search", True, images, digits.test_labels[:40], 40, 1.0, {})
+    row = judge_family(attack, model, decision, far, 0.5)
+    assert row.confident_and_accepted > 30 and row.successes <= row.far <= 5
+    assert row.near_share > 0.8
+    strict = DeployedThreshold(decision.score, False, 2.0, decision.scale, "test")  # max_softmax never >= 2
+    assert judge_family(attack, model, strict, far, 0.5).successes == 0
+
+
+def test_the_threshold_of_a_torch_file_accepts_95_percent_of_the_test_split(digits, digits_classifier_file):
+    target, model = load_target(digits_classifier_file, None, digits, None)
+    decision = deployed_threshold(target, model, digits, "max_logit")
+    scores = ood_score("max_logit", model(digits.test_images).detach())
+    assert float((scores >= decision.ood_threshold).double().mean()) >= 0.95
+    with pytest.raises(CccError, match="not_reject needs a model with a reject class"):
+        deployed_threshold(target, model, digits, "not_reject")
