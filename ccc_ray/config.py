@@ -243,7 +243,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         group.add_argument(f"--{dotted}", dest=f"cfg:{dotted}", metavar=_type_label(tp), default=None,
-                           help=f"{f.metadata.get('help', '')} (default: {default})")
+                           help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, str]:
