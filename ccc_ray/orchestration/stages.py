@@ -12,6 +12,7 @@ from ccc_ray.counterfeits.search import summary_line as attack_summary_line
 from ccc_ray.job import JobConfig
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_rounds import run_hardening
+from ccc_ray.orchestration.import_classifier import import_classifier
 from ccc_ray.orchestration.search_actors import run_attack
 from ccc_ray.orchestration.train_classifier import train_classifier
 from ccc_ray.orchestration.train_method import train_method
@@ -26,6 +27,12 @@ def train_classifier_stage(job: JobConfig, progress=print_flush) -> dict:
     info, metrics = train_classifier(job)
     summary = {"classifier_file": str(job.run.classifier_file), "classifier_sha256": info.sha256,
                "test_accuracy": metrics.get("test_accuracy"), "epochs": metrics.get("epoch")}
+    progress(dumps(summary))
+    return summary
+
+
+def import_classifier_stage(job: JobConfig, progress=print_flush) -> dict:
+    _, summary = import_classifier(job)
     progress(dumps(summary))
     return summary
 
@@ -79,6 +86,7 @@ def pipeline_stage(job: JobConfig, progress=print_flush) -> dict:
 
 STAGES = {
     "train-classifier": train_classifier_stage,
+    "import-classifier": import_classifier_stage,
     "train-generator": train_generator_stage,
     "generate": generate_stage,
     "attack": attack_stage,
