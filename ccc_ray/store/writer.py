@@ -95,7 +95,7 @@ def _fixed_offsets(n: int, size: int) -> pa.Buffer:
 def _binary_column(rows: np.ndarray) -> pa.BinaryArray:
     """One binary value per row of an N x ... uint8 array, built on one contiguous buffer (no copy per row)."""
     n = len(rows)
-    flat = np.ascontiguousarray(rows).reshape(n, -1)
+    flat = np.ascontiguousarray(rows).reshape(n, int(np.prod(rows.shape[1:])))  # not -1: n may be 0
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, _fixed_offsets(n, flat.shape[1]), pa.py_buffer(flat)])
 
 
