@@ -22,6 +22,7 @@ import pytest
 import ray
 import torch
 import torchvision
+import torchvision.transforms.v2
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
