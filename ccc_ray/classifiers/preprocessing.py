@@ -40,11 +40,11 @@ class Preprocessed(nn.Module):
         super().__init__()
         self.model = model  # the name RepeatGrey used, so torchvision-on-grey classifier files keep loading
         self.grey_to_rgb = grey_to_rgb
-        self.range = float(input_range)
+        self.raw_range = float(input_range)  # white in the raw images the model's pipeline starts from
         # Only a wrapper that normalises has buffers: a grey-to-RGB-only one keeps the state dict of before.
-        self.normalises = bool(mean or std or self.range != 1.0)
+        self.normalises = bool(mean or std or self.raw_range != 1.0)
         if self.normalises:
-            self.register_buffer("input_range", torch.tensor(self.range))
+            self.register_buffer("input_range", torch.tensor(self.raw_range))
             self.register_buffer("mean", torch.tensor(list(mean) or [0.0], dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(list(std) or [1.0], dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -73,8 +73,8 @@ class RawInputs(nn.Module):
 
 def raw_input_model(model: nn.Module) -> tuple[nn.Module, float]:
     """(a module taking raw images, their input_range): `model` itself where raw images are contract images."""
-    if isinstance(model, Preprocessed) and model.range != 1.0:
-        return RawInputs(model), model.range
+    if isinstance(model, Preprocessed) and model.raw_range != 1.0:
+        return RawInputs(model), model.raw_range
     return model, 1.0
 
 

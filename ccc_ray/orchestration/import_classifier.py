@@ -12,10 +12,9 @@ Runs in the calling process (on a GPU when present): one pass over the test spli
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-
 from ccc_ray.classifiers.build import build_classifier
 from ccc_ray.classifiers.inference import default_device
+from ccc_ray.classifiers.preprocessing import Preprocessed
 from ccc_ray.classifiers.training import accuracy
 from ccc_ray.classifiers.weights import ClassifierInfo, load_initial_weights, save_classifier
 from ccc_ray.data.sources import load_dataset
@@ -44,6 +43,7 @@ def import_classifier(job: JobConfig) -> tuple[ClassifierInfo, dict]:
     summary = {"classifier_file": str(output), "classifier_sha256": info.sha256, "source_weights": config.weights,
                "arch": config.arch, "data": job.data.name, "test_images": len(dataset.test_labels),
                "test_accuracy": test_accuracy,
-               "preprocessing": {name: asdict(config)[name] for name in ("input_range", "mean", "std", "grey_to_rgb")}}
+               "preprocessing": {"input_range": config.input_range, "mean": config.mean, "std": config.std,
+                                 "grey_to_rgb": isinstance(model, Preprocessed) and model.grey_to_rgb}}
     atomic_write_bytes(run_dir / "import-classifier.json", json.dumps(summary, indent=2).encode())
     return info, summary

@@ -71,7 +71,7 @@ def test_import_records_fingerprint_and_test_accuracy(capsys, tmp_path, digits, 
     record = json.loads((run / "import-classifier.json").read_text())
     assert record["test_accuracy"] == pytest.approx(expected, abs=1e-9)
     assert record["classifier_sha256"] == info.sha256 == json.loads(out)["classifier_sha256"]
-    assert record["preprocessing"] == {"input_range": 255.0, "mean": [127.5], "std": [127.5], "grey_to_rgb": None}
+    assert record["preprocessing"] == {"input_range": 255.0, "mean": [127.5], "std": [127.5], "grey_to_rgb": False}
     assert record["test_images"] == len(digits.test_labels)
 
 

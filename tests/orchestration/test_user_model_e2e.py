@@ -52,6 +52,7 @@ class UserModel:
     flags: list[str]  # the preprocessing, declared to ccc-ray
     input_range: float
     pipeline: Callable[[torch.Tensor], torch.Tensor]  # the user's own: raw images -> model input
+    epochs: int  # of the user's training
 
     def build(self, image_shape, num_classes) -> nn.Module:
         if self.arch == "resnet18":
@@ -61,12 +62,12 @@ class UserModel:
 
 FACTORY = UserModel("factory", f"{__name__}:digits_net", "digits-net.safetensors", None,
                     ["--classifier.input_range", "255", "--classifier.mean", "127.5", "--classifier.std", "127.5"],
-                    255.0, lambda raw: (raw - 127.5) / 127.5)
+                    255.0, lambda raw: (raw - 127.5) / 127.5, epochs=3)
 RESNET = UserModel("resnet18", "resnet18", "resnet18-digits.pt", 16,
                    ["--classifier.mean", ",".join(map(str, IMAGENET_MEAN)),
                     "--classifier.std", ",".join(map(str, IMAGENET_STD)), "--classifier.grey_to_rgb", "true"],
                    1.0, lambda raw: torchvision.transforms.v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(
-                       raw.expand(-1, 3, -1, -1)))
+                       raw.expand(-1, 3, -1, -1)), epochs=1)
 
 
 def train_as_the_user_did(spec: UserModel, dataset, folder) -> tuple[nn.Module, str]:
@@ -76,7 +77,7 @@ def train_as_the_user_did(spec: UserModel, dataset, folder) -> tuple[nn.Module, 
     model = spec.build((3, *grey_shape[1:]) if spec.arch == "resnet18" else grey_shape, dataset.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     model.train()
-    for _ in range(3):
+    for _ in range(spec.epochs):
         for batch in torch.randperm(len(dataset.train_labels)).split(64):
             raw = dataset.train_images[batch] * spec.input_range
             loss = nn.functional.cross_entropy(model(spec.pipeline(raw)), dataset.train_labels[batch])
