@@ -17,6 +17,11 @@ from ccc_ray.methods import METHODS, method_infos
 
 DESCRIPTIONS = {
     "train-classifier": "Train the classifier to attack (Ray Train) and write classifier.safetensors.",
+    "import-classifier": "Adopt a model trained elsewhere as the run's classifier, without training: "
+                         "--classifier.arch (a torchvision name or package.module:factory), --classifier.weights "
+                         "FILE, and its input preprocessing (--classifier.input_range, --classifier.mean, "
+                         "--classifier.std, --classifier.grey_to_rgb); scores it on the run's test split and "
+                         "writes classifier.safetensors.",
     "train-generator": "Train a trained method (--generate.method, default inversion) against the frozen classifier "
                        "(Ray Train); re-running the same --run.run_id resumes from its last checkpoint.",
     "generate": "Sample counterfeits per class from the trained method's generator, keep those the keep rule keeps "
@@ -53,6 +58,7 @@ def command_sections(command: str) -> tuple[str, ...]:
     """The config sections a subcommand reads: only these get flags in its --help and --print-config."""
     fixed = {
         "train-classifier": ("data", "classifier", "run"),
+        "import-classifier": ("data", "classifier", "run"),
         "train-generator": ("data", "keep", "generate", "run") + _trained(),
         "generate": ("data", "keep", "far", "generate", "run"),
         "attack": ("data", "keep", "far", "attack", "run") + _searches(),

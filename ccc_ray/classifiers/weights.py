@@ -20,6 +20,7 @@ from ccc_ray.classifiers.build import (
     build_classifier,
     check_classifier_fits,
 )
+from ccc_ray.classifiers.preprocessing import user_model
 from ccc_ray.config import config_from_dict
 from ccc_ray.errors import CccError
 from ccc_ray.store.files import atomic_write_bytes
@@ -75,9 +76,19 @@ def save_classifier(path: str | Path, model: nn.Module, config: ClassifierConfig
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata from a weights file, refusing anything that is not plain tensors."""
     file = Path(path)
+    refuse_onnx(str(file))
     if not file.is_file():
         raise CccError(f"weights file {str(file)!r} does not exist")
     return parse_weights(file.read_bytes(), file.suffix, str(file))
+
+
+def refuse_onnx(path: str) -> None:
+    """An ONNX file holds a graph, not the torch model training and hardening change: say so in one line."""
+    if path.lower().endswith(".onnx"):
+        raise CccError(f"{path!r} is an ONNX model: an ONNX-only model can be scored (the scorecard, `ccc-ray "
+                       "predict`, `ccc-ray attack --attack.onnx_path`) but not hardened or trained against, which "
+                       "needs the torch model; adopt its torch weights with `ccc-ray import-classifier "
+                       "--classifier.arch ... --classifier.weights FILE`")
 
 
 def parse_weights(raw: bytes, suffix: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -107,6 +118,7 @@ def load_classifier(path: str | Path, image_shape: tuple[int, int, int] | None =
                     num_classes: int | None = None) -> tuple[nn.Module, ClassifierInfo]:
     """Rebuild a classifier saved by `save_classifier`, in eval mode on the CPU, checked against the data."""
     file = Path(path)
+    refuse_onnx(str(file))
     if not file.is_file():
         raise CccError(f"weights file {str(file)!r} does not exist")
     return classifier_from_bytes(file.read_bytes(), str(file), image_shape, num_classes)
@@ -115,6 +127,7 @@ def load_classifier(path: str | Path, image_shape: tuple[int, int, int] | None =
 def classifier_from_bytes(raw: bytes, path: str, image_shape: tuple[int, int, int] | None = None,
                           num_classes: int | None = None) -> tuple[nn.Module, ClassifierInfo]:
     """`load_classifier` on the file's bytes; `path` only names it in errors."""
+    refuse_onnx(path)
     state, metadata = parse_weights(raw, ".safetensors", path)
     if METADATA_KEY not in metadata:
         raise CccError(f"weights file {str(path)!r} has no ccc-ray classifier metadata; "
@@ -148,8 +161,12 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], what: st
 
 
 def load_initial_weights(model: nn.Module, config: ClassifierConfig, image_shape, num_classes) -> None:
-    """Apply `config.weights` (a starting point for fine-tuning or a user model) if given."""
+    """Apply `config.weights` (a starting point for fine-tuning or a user model) if given.
+
+    A ccc-ray classifier file loads into the whole classifier; any other state dict is the user's own and
+    loads into their model, behind the preprocessing (whose buffers come from the config).
+    """
     if config.weights:
-        state, _ = read_state_dict(config.weights)
-        load_weights_into(model, state, config.weights)
+        state, metadata = read_state_dict(config.weights)
+        load_weights_into(model if METADATA_KEY in metadata else user_model(model), state, config.weights)
         check_classifier_fits(model, image_shape, num_classes, config.arch)

@@ -27,6 +27,7 @@ class OnnxMetadata:
     ood_score: str = "max_softmax"
     threshold: float | None = None
     reject_class: bool = False
+    input_range: float = 1.0  # the model's input is raw images in [0, input_range] (1: the data contract)
 
     @property
     def num_outputs(self) -> int:
@@ -43,6 +44,9 @@ class OnnxMetadata:
             raise CccError(f"ONNX metadata: OOD score {self.ood_score!r} is not one of {', '.join(OOD_SCORES)}")
         if self.ood_score == "not_reject" and not self.reject_class:
             raise CccError("ONNX metadata: the not_reject score needs a model with a reject class")
+        if not (isinstance(self.input_range, (int, float)) and math.isfinite(self.input_range)
+                and self.input_range > 0):
+            raise CccError(f"ONNX metadata: input_range must be a positive number, got {self.input_range!r}")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise CccError(f"ONNX metadata: threshold must be a finite number or none, got {self.threshold}")
 

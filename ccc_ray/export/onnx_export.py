@@ -8,6 +8,11 @@ when onnxscript becomes a dependency or torch drops the old exporter.
 
 Contract: the model takes float32 N x C x H x W in [0, 1] and returns N x K logits (K + 1 with a reject
 class); the file has one input `images` [batch, C, H, W] and one output `logits` [batch, K].
+
+The file's input is raw images: what the user's own pipeline starts from, float32 in [0, input_range].
+For a classifier with declared preprocessing (`ccc_ray/classifiers/preprocessing.py`) the graph holds
+grey-to-RGB and mean/std, and `input_range` is the declared one (255 for a byte-valued pipeline), recorded
+in the metadata; for every other classifier raw images are the data contract, [0, 1].
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import onnx
 import torch
 from torch import nn
 
+from ccc_ray.classifiers.preprocessing import raw_input_model
 from ccc_ray.classifiers.weights import fingerprint
 from ccc_ray.errors import CccError
 from ccc_ray.export.metadata import OnnxMetadata
@@ -42,20 +48,21 @@ def export_onnx(model: nn.Module, path: str | Path, class_names: list[str] | tup
     The classifier's sha256 is its weights' fingerprint, the one the counterfeit store records.
     """
     inner = model
+    graph, input_range = raw_input_model(inner)
     metadata = OnnxMetadata(tuple(class_names), tuple(int(size) for size in image_shape), fingerprint(inner),
-                            ood_score, None if threshold is None else float(threshold), reject_class)
+                            ood_score, None if threshold is None else float(threshold), reject_class, input_range)
     metadata.validate()
     ensure_writable_dir(Path(path).parent, "ONNX export")
     example = torch.zeros(2, *metadata.image_shape, device=next(inner.parameters()).device)
     was_training = inner.training
-    inner.eval()
+    graph.eval()  # the traced module (the classifier, or raw inputs in front of it) and all within
     try:
         with torch.no_grad():
             width = inner(example).shape[-1]
         if width != metadata.num_outputs:
             raise CccError(f"ONNX export: the model has {width} outputs, but {len(metadata.class_names)} class "
                            f"names{' and a reject class' if reject_class else ''} make {metadata.num_outputs}")
-        raw = _torchscript_export(inner, example)
+        raw = _torchscript_export(graph, example)
     finally:
         inner.train(was_training)
     proto = onnx.load_from_string(raw)
@@ -85,7 +92,8 @@ def _torchscript_export(model: nn.Module, example: torch.Tensor) -> bytes:
 
 def check_parity(model: nn.Module, onnx_model: OnnxClassifier | str | Path, images: torch.Tensor,
                  tolerance: float = 1e-5) -> float:
-    """Max |softmax(torch logits) - softmax(ONNX logits)| over `images` (float32 N x C x H x W in [0, 1]).
+    """Max |softmax(torch logits) - softmax(ONNX logits)| over `images` (float32 N x C x H x W in [0, 1];
+    `OnnxClassifier` scales them to the file's raw input range).
 
     Raises a CccError when it exceeds `tolerance`; returns it otherwise. Compares probabilities, not
     logits, because decisions and OOD thresholds live on the softmax scale.

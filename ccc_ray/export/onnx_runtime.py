@@ -5,7 +5,9 @@ The CUDA execution provider is asked for only where it can load: onnxruntime-gpu
 a warning before falling back to the CPU. `choose_providers` gates on torch seeing a GPU.
 
 Contract: `OnnxClassifier(images)` takes float32 N x C x H x W in [0, 1] (any device) and returns float32
-N x K logits on the images' device.
+N x K logits on the images' device. A file whose metadata names another raw input range (a user's model
+that takes byte values, `input_range` 255) gets the images scaled into it, so every caller keeps the
+data contract.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class OnnxClassifier:
                            f"its input is {self.image_shape}")
         # Our own exports give typed fields; a model exported elsewhere shows its raw key-value pairs.
         self.metadata: dict[str, Any] = asdict(info) if info is not None else dict(props)
+        self.input_range: float = info.input_range if info is not None else 1.0
         self.num_classes: int = self._output_width()
         if info is not None and info.num_outputs != self.num_classes:
             raise CccError(f"ONNX model {self.path!r}: its metadata names {info.num_outputs} outputs, "
@@ -114,7 +117,8 @@ class OnnxClassifier:
         if self._fixed_batch is not None and images.shape[0] != self._fixed_batch:
             raise CccError(f"ONNX model {self.path!r} was exported for batches of exactly {self._fixed_batch}, "
                            f"got {images.shape[0]}; export it with a dynamic batch")
-        batch = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        batch = images.detach().to("cpu", torch.float32)
+        batch = np.ascontiguousarray((batch * self.input_range if self.input_range != 1.0 else batch).numpy())
         (logits,) = self.session.run([self._output], {self._input.name: batch})
         return torch.from_numpy(logits).to(images.device)
 

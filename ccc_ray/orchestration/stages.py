@@ -13,6 +13,7 @@ from ccc_ray.job import JobConfig
 from ccc_ray.reporting import scorecard_table
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_rounds import run_hardening
+from ccc_ray.orchestration.import_classifier import import_classifier
 from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
 from ccc_ray.orchestration.search_actors import run_attack
 from ccc_ray.orchestration.train_classifier import train_classifier
@@ -28,6 +29,12 @@ def train_classifier_stage(job: JobConfig, progress=print_flush) -> dict:
     info, metrics = train_classifier(job)
     summary = {"classifier_file": str(job.run.classifier_file), "classifier_sha256": info.sha256,
                "test_accuracy": metrics.get("test_accuracy"), "epochs": metrics.get("epoch")}
+    progress(dumps(summary))
+    return summary
+
+
+def import_classifier_stage(job: JobConfig, progress=print_flush) -> dict:
+    _, summary = import_classifier(job)
     progress(dumps(summary))
     return summary
 
@@ -88,6 +95,7 @@ def pipeline_stage(job: JobConfig, progress=print_flush) -> dict:
 
 STAGES = {
     "train-classifier": train_classifier_stage,
+    "import-classifier": import_classifier_stage,
     "train-generator": train_generator_stage,
     "generate": generate_stage,
     "attack": attack_stage,

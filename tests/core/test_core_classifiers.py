@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ccc_ray.classifiers.build import ClassifierConfig, RepeatGrey, build_classifier, check_classifier_fits
+from ccc_ray.classifiers.build import ClassifierConfig, build_classifier, check_classifier_fits
+from ccc_ray.classifiers.preprocessing import Preprocessed
 from ccc_ray.classifiers.features import features_and_logits
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.errors import CccError
@@ -29,7 +30,7 @@ def test_small_cnn_maps_images_to_logits(image_shape, num_classes):
 def test_torchvision_arch_accepts_grey_images():
     torch.manual_seed(0)
     model = build_classifier(ClassifierConfig(arch="resnet18"), (1, 16, 16), 4)
-    assert isinstance(model, RepeatGrey)
+    assert isinstance(model, Preprocessed)
     model.eval()
     grey = torch.rand(2, 1, 16, 16)
     logits = model(grey)
@@ -42,7 +43,7 @@ def test_torchvision_arch_accepts_grey_images():
 
 def test_torchvision_arch_is_not_wrapped_for_rgb():
     model = build_classifier(ClassifierConfig(arch="resnet18"), (3, 16, 16), 3)
-    assert not isinstance(model, RepeatGrey)
+    assert not isinstance(model, Preprocessed)
 
 
 def test_unknown_arch_is_an_error():
