@@ -146,7 +146,7 @@ def summarise(job: JobConfig, space: dict, results, reports: int, experiment: Pa
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        params = {name: result.config.get(name) for name in space}
+        params = {name: (result.config or {}).get(name) for name in space}
         iterations = int(metrics.get("training_iteration", 0))
         status = "error" if result.error else ("completed" if iterations >= reports else "stopped early")
         rows.append({"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status,
