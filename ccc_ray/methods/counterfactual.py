@@ -109,6 +109,15 @@ def blend(images: torch.Tensor, mask: torch.Tensor, content: torch.Tensor) -> to
     return mask * content + (1 - mask) * images
 
 
+def edit_map(sources: torch.Tensor, counterfactuals: torch.Tensor) -> torch.Tensor:
+    """|x' - x| = m * |c - x|, largest over channels (N x H x W in [0, 1]): the edit the mask actually made.
+
+    Where the content equals the source an open mask changes nothing, so the raw mask can be wide while the
+    edit is small; on the defect set this map found the defects far better than the mask (BENCHMARKS.md).
+    """
+    return (counterfactuals - sources).abs().amax(dim=1)
+
+
 def total_variation(mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring mask pixels (N x 1 x H x W)."""
     return ((mask[:, :, 1:] - mask[:, :, :-1]).abs().mean() + (mask[:, :, :, 1:] - mask[:, :, :, :-1]).abs().mean())
