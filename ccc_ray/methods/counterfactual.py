@@ -8,7 +8,9 @@ and the generated images act as adversarial augmentation of the joint model.
 
 What we build (the paper is binary; we generalise to K classes with an explicit target class):
 - generator: a U-Net, image and target class in (a class embedding joins the bottleneck), an explicit
-  mask m and content c out; the counterfactual is x' = m * c + (1 - m) * x, so m is the saliency map;
+  mask m and content c out; the counterfactual is x' = m * c + (1 - m) * x, so m is the saliency map
+  (`Sampled.masks`); the edit it made, |x' - x| = m * |c - x| (`edit_map`), locates changes better, since
+  an open mask over content that copies the source changes nothing;
 - joint model: the run's classifier widened to K + 1 (`widen_classifier`) or a fresh SmallCNN with
   K + 1 outputs; cross-entropy over K + 1 classes on real images (true class) and counterfactuals (fake);
 - generator loss (weights in `CounterfactualConfig`): cross-entropy of the joint model toward the target
