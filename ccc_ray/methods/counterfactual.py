@@ -42,7 +42,7 @@ from ccc_ray.methods.base import MethodContext, Sampled, TrainedMethod, Training
 @dataclass
 class CounterfactualConfig(TrainingSchedule):
     """Loss weights and sizes. The paper gives none; these are ours: the best of the settings tried on 8x8
-    digits (docs/BENCHMARKS.md, "Issue 14: seed 002 counterfactual GAN", run E)."""
+    digits and 8x8 defects (docs/BENCHMARKS.md, "Issue 14: seed 002 counterfactual GAN", run H)."""
 
     steps: int = option(1000, "optimiser steps (one joint-model and one generator update each)", ge=1)
     batch_size: int = option(64, "global batch size per step (split across Ray workers)", ge=1)
@@ -54,8 +54,8 @@ class CounterfactualConfig(TrainingSchedule):
     mask_start: float = option(-3.0, "initial bias of the mask logit: sigmoid(-3) = 0.05, so the mask starts "
                                      "closed and opens only where the target class needs it (0: half open)")
     classification_weight: float = option(1.0, "joint model's cross-entropy toward the target (not fake)", gt=0)
-    mask_weight: float = option(2.0, "mean mask value: a sparse saliency map", ge=0)
-    l1_weight: float = option(0.5, "mean absolute change |x' - x|: a small edit", ge=0)
+    mask_weight: float = option(1.0, "mean mask value: a sparse saliency map", ge=0)
+    l1_weight: float = option(2.0, "mean absolute change |x' - x|: a small edit", ge=0)
     smoothness_weight: float = option(0.05, "total variation of the mask: one region, not speckle", ge=0)
     cycle_weight: float = option(1.0, "L1 between the source and its counterfactual translated back", ge=0)
     fake_weight: float = option(0.5, "weight of 'counterfactual -> fake' in the joint model's loss", ge=0)
