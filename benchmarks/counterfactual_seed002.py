@@ -36,7 +36,7 @@ from ccc_ray.data.defects import defect_data
 from ccc_ray.data.real_ood import real_ood_images
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.methods.base import MethodContext
-from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN
+from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN, edit_map
 from ccc_ray.ood import ood_metrics, ood_score
 from ccc_ray.robustness import robustness_table
 from ccc_ray.saliency import calibrated_iou, gradient_saliency, random_saliency
@@ -165,10 +165,10 @@ def defect_figures(config: CounterfactualConfig, data, defect_steps: int, save_d
     calibration = (dataset.train_images[train_rows], defects.train_masks[train_rows])
     test = (dataset.test_images[test_rows], defects.test_masks[test_rows])
     clean = torch.zeros(len(test_rows), dtype=torch.long)
+    to_clean = lambda images: method.counterfactuals(images, torch.zeros(len(images), dtype=torch.long))  # noqa: E731
     saliency = {
-        "counterfactual mask": lambda images: method.counterfactuals(images, torch.zeros(len(images), dtype=torch.long))[1],
-        "counterfactual |x' - x|": lambda images: (method.counterfactuals(images, torch.zeros(len(images), dtype=torch.long))[0]
-                                                   - images).abs().amax(1),
+        "counterfactual mask": lambda images: to_clean(images)[1],
+        "counterfactual |x' - x|": lambda images: edit_map(images, to_clean(images)[0]),
         "gradient saliency": lambda images: gradient_saliency(plain, images, torch.ones(len(images), dtype=torch.long)),
         "random": lambda images: random_saliency((len(images), *images.shape[2:]), seed=len(images)),
         # Defects are bright marks: a map that is just the image tells how much "find bright pixels" earns.

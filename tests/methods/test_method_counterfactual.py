@@ -10,7 +10,7 @@ from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
 from ccc_ray.methods import METHODS
 from ccc_ray.methods.base import MethodContext
-from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN
+from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN, edit_map
 
 torch.set_num_threads(1)
 
@@ -145,6 +145,8 @@ def test_images_and_masks_keep_the_contract(tiny_data):
     # Where the mask is 0 the source is kept: the change is bounded by the mask.
     sources = method.source_images(tiny_data, targets, 0)[0]
     assert ((sampled.images - sources).abs()[:, 0] <= sampled.masks + 1e-6).all()
+    edits = edit_map(sources, sampled.images)
+    assert edits.shape == (4, 8, 8) and edits.min() >= 0 and (edits <= sampled.masks + 1e-6).all()
 
 
 def test_any_image_size_works():
