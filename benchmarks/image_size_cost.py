@@ -27,10 +27,11 @@ from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.training import train_epoch
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.data.sources import DataConfig, load_dataset
-from ccc_ray.generate import generate_counterfeits
+from ccc_ray.counterfeits.generate import generate_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, reject_class_loss
 from ccc_ray.hardening.widen import widen_classifier
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
+from ccc_ray.methods import MethodContext
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig
 
@@ -77,19 +78,19 @@ def classifier_epoch(model: torch.nn.Module, data: ImageDataset) -> Callable[[],
 
 def inversion_steps(model: torch.nn.Module, data: ImageDataset, steps: int) -> Callable[[], None]:
     """`steps` optimiser steps of the train-generator stage (batch 256) against the frozen classifier."""
-    method = NetworkInversion(INVERSION, data.image_shape, data.num_classes)
     frozen = model.eval().requires_grad_(False)
+    method = NetworkInversion(INVERSION, MethodContext(data.image_shape, data.num_classes, frozen))
     latents = torch.Generator().manual_seed(0)
-    return lambda: [method.training_step(frozen, latents) for _ in range(steps)]
+    return lambda: [method.training_step(None, latents, INVERSION.batch_size) for _ in range(steps)]
 
 
 def generate_rows(model: torch.nn.Module, data: ImageDataset, folder: str) -> Callable[[], object]:
     """The generate stage end to end (sample, quantize, re-score, nearest-train distance, Parquet write),
     with a bar of 1e-9 so every row is kept and written whatever the untrained models produce."""
-    method = NetworkInversion(INVERSION, data.image_shape, data.num_classes)
+    method = NetworkInversion(INVERSION, MethodContext(data.image_shape, data.num_classes, model))
     return lambda: generate_counterfeits(
         method, model.eval(), "0" * 64, data, store_dir=folder, run_id=f"cost-{data.name}",
-        per_class=GENERATE_ROWS // data.num_classes, threshold=1e-9, seed=1, batch_size=GENERATE_BATCH,
+        per_class=GENERATE_ROWS // data.num_classes, confidence_bar=1e-9, seed=1, batch_size=GENERATE_BATCH,
         run_metadata={}, progress=False)
 
 

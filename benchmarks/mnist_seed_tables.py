@@ -28,23 +28,24 @@ from pathlib import Path
 
 import torch
 
-from ccc_ray.attack import StoredImageClassifier
+from ccc_ray.counterfeits.search import StoredImageClassifier
 from ccc_ray.classifiers.inference import prepare_for_attack
 from ccc_ray.classifiers.training import accuracy
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.data.sources import DataConfig, load_dataset
-from ccc_ray.generate import generate_counterfeits
+from ccc_ray.counterfeits.generate import generate_counterfeits
 from ccc_ray.methods.cppn import Cppn, CppnConfig
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
+from ccc_ray.methods import MethodContext
 from ccc_ray.methods.generator_file import load_generator
 from ccc_ray.methods.gradient_ascent import GradientAscent, GradientAscentConfig
 from ccc_ray.methods.map_elites import MapElites, MapElitesConfig
-from ccc_ray.quality import dequantize, quantize
+from ccc_ray.counterfeits.quality import dequantize, quantize
 from ccc_ray.reporting import counterfeit_grid_png
 
 # Today's settings in one place (after the config rename, `keep.confidence_bar` is the 0.99 below).
 DATA = DataConfig(name="mnist_5k")
-KEEP_BAR = 0.99  # generate.threshold / attack.threshold: what counts as a CCC
+KEEP_BAR = 0.99  # keep.confidence_bar: what counts as a CCC
 PAPER_BAR = 0.9999  # seed 001 reports 99.99%
 POPULATION = 200  # seed 001, MNIST
 ENCODINGS = {"direct": (DirectEncoding, DirectEncodingConfig), "cppn": (Cppn, CppnConfig)}
@@ -74,7 +75,7 @@ def inversion_figures(run_dir: Path, classifier, sha256: str, data, per_class: i
     with tempfile.TemporaryDirectory(prefix="ccc-seed000-") as store:
         start = time.perf_counter()
         report = generate_counterfeits(method, classifier, sha256, data, store_dir=store, run_id="seed000",
-                                       per_class=per_class, threshold=KEEP_BAR, seed=1, batch_size=1000,
+                                       per_class=per_class, confidence_bar=KEEP_BAR, seed=1, batch_size=1000,
                                        run_metadata={}, progress=False)
         seconds = time.perf_counter() - start
     # The grid shows kept counterfeits only: 32 draws per class, the first 8 at >= KEEP_BAR.
@@ -107,13 +108,14 @@ def evolve(name: str, classifier, data, generations: int, seed: int) -> dict:
 def gradient_ascent(classifier, data, per_class: int, bar: float) -> dict:
     """Paper settings (300 steps, start from noise around grey); each image stops at `bar`."""
     targets = torch.arange(data.num_classes).repeat(per_class)
-    search = GradientAscent(GradientAscentConfig(threshold=bar), classifier, data.image_shape, data.num_classes)
+    search = GradientAscent(GradientAscentConfig(), MethodContext(data.image_shape, data.num_classes, classifier,
+                                                                  "cpu", bar))
     start = time.perf_counter()
-    result = search.run(targets, seed=0)
+    result = search.search(targets, seed=0)
     seconds = time.perf_counter() - start
     fooled = result.fooled
     per_class_share = [float(fooled[targets == k].float().mean()) for k in range(data.num_classes)]
-    steps = result.steps_to_threshold[fooled]
+    steps = result.steps_to_bar[fooled]
     return {"success": float(fooled.float().mean()), "per_class": per_class_share,
             "median_steps": float(steps.median()) if len(steps) else None, "seconds": seconds}
 

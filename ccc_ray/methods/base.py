@@ -187,7 +187,7 @@ class TrainedMethod(CounterfeitMethod):
 
     def trainable(self, name: str) -> nn.Module:
         """The module to call in `training_step`: the wrapped one when orchestration wrapped it."""
-        return self._wrapped.get(name) or self.modules()[name]
+        return self._wrapped[name] if name in self._wrapped else self.modules()[name]
 
     # -- training ------------------------------------------------------------------------------------
     def training_data(self, dataset) -> torch.utils.data.Dataset | None:

@@ -50,6 +50,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu",
     context = MethodContext(tuple(meta["image_shape"]), len(meta["class_names"]), classifier, device)
     method = cls(config, context)
     by_module: dict[str, dict] = {name: {} for name in method.modules()}
+    if "modules" not in meta and len(by_module) == 1:  # written before modules were named: one, unprefixed
+        state = {f"{next(iter(by_module))}.{key}": tensor for key, tensor in state.items()}
     for key, tensor in state.items():
         name, _, inner = key.partition(".")
         if name not in by_module:

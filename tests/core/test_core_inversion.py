@@ -142,3 +142,22 @@ def test_generator_file_errors(tmp_path):
     bare.write_bytes(save({"w": torch.zeros(2)}))
     with pytest.raises(CccError, match="has no ccc-ray generator metadata"):
         load_generator(bare)
+
+
+def test_a_generator_file_written_before_modules_were_named_still_loads(tmp_path):
+    """Files from before the method interface held the generator's weights unprefixed and no module list."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save
+
+    method = inversion(tiny_config(), SHAPE, 3, band_classifier())
+    method.training_step(None, torch.Generator().manual_seed(0), 24)
+    meta = {"method": "inversion", "config": asdict(method.config), "image_shape": list(SHAPE),
+            "class_names": ["a", "b", "c"], "classifier_sha256": "e" * 64, "steps": 1}
+    state = {name: tensor.contiguous() for name, tensor in method.generator.state_dict().items()}
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(save(state, metadata={"ccc_ray.generator": json.dumps(meta)}))
+    loaded, _ = load_generator(path)
+    targets = torch.tensor([0, 1, 2])
+    assert torch.equal(loaded.sample(targets, 5), method.sample(targets, 5))
