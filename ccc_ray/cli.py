@@ -41,6 +41,9 @@ DESCRIPTIONS = {
                  "(confident at --keep.confidence_bar AND accepted by the model's OOD threshold AND far from the "
                  "data, --far), the near share, evaluations and seconds per success; writes scorecard.json, "
                  "scorecard.md and scorecard.png to the run folder.",
+    "robustness": "Accuracy under L-infinity PGD at each --robustness.epsilons for MODEL (a classifier file; "
+                  "a hardened or joint K + 1 model is attacked and scored on its class head); prints the table and "
+                  "writes robustness-<model>.json to the run folder.",
     "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
                 "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }
@@ -65,6 +68,7 @@ def command_sections(command: str) -> tuple[str, ...]:
         "harden": ("data", "keep", "far", "generate", "harden", "scorecard", "run") + _trained() + _searches(),
         "tune": ("data", "keep", "generate", "tune", "run") + _trained(),
         "scorecard": ("data", "keep", "scorecard", "far", "run") + _trained() + _searches(),
+        "robustness": ("data", "robustness", "run"),
     }
     return fixed.get(command, tuple(section_classes()))
 
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data-root", dest="cfg:data.root", metavar="DIR", help="same as --data.root")
         command.add_argument("--download", dest="cfg:data.download", action="store_const", const="true",
                              help="same as --data.download true: fetch a torchvision data set into the root")
+        if name == "robustness":
+            command.add_argument("cfg:robustness.model", nargs="?", metavar="MODEL",
+                                 help="same as --robustness.model: a .safetensors classifier file")
         if name == "scorecard":
             command.add_argument("cfg:scorecard.model", nargs="?", metavar="MODEL",
                                  help="same as --scorecard.model: a .safetensors or .onnx classifier "

@@ -157,6 +157,17 @@ class TuneSettings:
 
 
 @dataclass
+class RobustnessSettings:
+    model: str | None = option(None, "classifier file to measure (default: run.classifier_path); a K + 1 model "
+                                     "(hardened or joint) is attacked and scored on its class head")
+    epsilons: list[float] = option([0.0, 0.02, 0.05, 0.1], "L-infinity budgets, in pixel units of [0, 1]", ge=0, le=1)
+    steps: int = option(10, "PGD steps per attack", ge=1)
+    step_size: float | None = option(None, "PGD step size (default: 2.5 x epsilon / steps)", gt=0)
+    samples: int = option(500, "test images attacked (the first of the run's test split)", ge=1)
+    seed: int = option(0, "seed of PGD's random start")
+
+
+@dataclass
 class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -168,6 +179,7 @@ class JobConfig:
     scorecard: ScorecardSettings = field(default_factory=ScorecardSettings)
     far: FarRule = field(default_factory=FarRule)
     run: RunSettings = field(default_factory=RunSettings)
+    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its config (one section each)
 
     def validate(self) -> None:

@@ -6,11 +6,14 @@ but the entry points.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.counterfeits.generate import GenerateReport
 from ccc_ray.counterfeits.search import summary_line as attack_summary_line
+from ccc_ray.data.sources import load_dataset
+from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.reporting import scorecard_table
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_rounds import run_hardening
 from ccc_ray.orchestration.import_classifier import import_classifier
@@ -19,6 +22,9 @@ from ccc_ray.orchestration.search_actors import run_attack
 from ccc_ray.orchestration.train_classifier import train_classifier
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.orchestration.tune_losses import run_tune
+from ccc_ray.reporting import scorecard_table
+from ccc_ray.robustness.pgd import robustness_table
+from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 
 
 def print_flush(line: str) -> None:
@@ -93,6 +99,28 @@ def pipeline_stage(job: JobConfig, progress=print_flush) -> dict:
     return harden_stage(job, progress)
 
 
+def robustness_stage(job: JobConfig, progress=print_flush) -> list[dict]:
+    """Accuracy under L-infinity PGD at each epsilon for a classifier file (pure torch, this process)."""
+    cfg = job.robustness
+    path = Path(cfg.model) if cfg.model else job.run.classifier_file
+    if path.suffix == ".onnx":
+        raise CccError(f"robustness.model: {str(path)!r} is an ONNX model; PGD needs gradients: give its "
+                       ".safetensors classifier file")
+    dataset = load_dataset(job.data)
+    model, info = load_classifier(path, dataset.image_shape, dataset.num_classes)
+    count = min(cfg.samples, len(dataset.test_images))
+    rows = robustness_table(model.eval(), dataset.test_images[:count], dataset.test_labels[:count],
+                            list(cfg.epsilons), cfg.steps, cfg.step_size, cfg.seed,
+                            class_outputs=info.num_classes if info.reject_class else None)
+    progress(f"accuracy under L-inf PGD ({cfg.steps} steps, {count} test images) of {path}"
+             + (" (class head of a K + 1 model)" if info.reject_class else ""))
+    for row in rows:
+        progress(f"  epsilon {row['epsilon']:.3f}: accuracy {row['accuracy']:.4f}")
+    ensure_writable_dir(job.run.run_dir, "run.output_dir")
+    atomic_write_bytes(job.run.run_dir / f"robustness-{path.stem}.json", dumps(rows).encode())
+    return rows
+
+
 STAGES = {
     "train-classifier": train_classifier_stage,
     "import-classifier": import_classifier_stage,
@@ -102,6 +130,7 @@ STAGES = {
     "harden": harden_stage,
     "tune": tune_stage,
     "scorecard": scorecard_stage,
+    "robustness": robustness_stage,
     "pipeline": pipeline_stage,
 }
 
