@@ -37,6 +37,7 @@ from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.direct_encoding import DirectEncodingConfig, DirectEncodingEvolution
 from ccc_ray.methods.gradient_ascent import GradientAscent, GradientAscentConfig
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
+from ccc_ray.ood.scores import ood_score
 from ccc_ray.orchestration.harden_classifier import fine_tune_in_process
 
 BAR = 0.99
@@ -97,7 +98,8 @@ def baseline_and_counterfeits(work: Path, dataset) -> dict:
 def fresh_attacks(model, reject: bool, evaluation, dataset, far: float, seed: int) -> dict:
     """Success rate of each fresh attack: confident, accepted and far."""
     k = dataset.num_classes
-    context = MethodContext(dataset.image_shape, k, model, "cpu", BAR)
+    # searches optimise over every output (the reject one too), targeting only the real classes
+    context = MethodContext(dataset.image_shape, k + reject, model, "cpu", BAR)
     attacks = {}
     started = time.time()
     inversion = train_inversion(model, dataset, seed=seed)
@@ -115,7 +117,6 @@ def fresh_attacks(model, reject: bool, evaluation, dataset, far: float, seed: in
         rates = attack_success_rate(model, reject, images, targets, evaluation.primary_score,
                                     evaluation.ood_threshold, BAR)
         far_mask = far_from_data(stored.images, dataset.train_images, far)
-        from ccc_ray.ood.scores import ood_score
         accepted = ood_score(evaluation.primary_score, stored.logits, reject) >= evaluation.ood_threshold
         success = stored.kept & accepted & far_mask
         out[name] = {"success": float(success.double().mean()), "confident_accepted": rates["success_rate"],
@@ -154,6 +155,7 @@ def main() -> None:
         started = time.time()
         model = fine_tune_in_process(copy.deepcopy(baseline), settings, dataset, base["train"], far)
         tune_seconds = time.time() - started
+        print(f"{name}: fine-tuned in {tune_seconds:.0f} s", flush=True)
         reject = settings.mode != "oe"
         evaluation = evaluate_classifier(model, reject, dataset.test_images, dataset.test_labels, ood_sets,
                                          settings.score)
