@@ -102,3 +102,11 @@ def test_bad_settings_are_refused():
     with pytest.raises(CccError, match="mine_pool"):
         AdaptiveOutliers(None, torch.rand(2, *SHAPE), torch.zeros(1, *SHAPE), 0.0, count=4, mine_pool=0,
                          attacker_steps=0, pgd_steps=0, pgd_epsilon=0.1)
+
+
+def test_adaptive_mode_scores_with_its_reject_class():
+    from ccc_ray.job import load_job
+
+    assert load_job(None, {"harden.mode": "adaptive"}).harden.score == "not_reject"
+    with pytest.raises(CccError, match="reject class"):
+        load_job(None, {"harden.mode": "oe", "harden.ood_score": "not_reject"})
