@@ -84,7 +84,7 @@ class GenerateSettings:
 @dataclass
 class HardenSettings:
     mode: Literal["reject", "oe", "adaptive"] = option(
-        "reject", "reject: a (K+1)-th 'none of these' class for counterfeits; oe: outlier exposure, uniform "
+        "adaptive", "reject: a (K+1)-th 'none of these' class for counterfeits; oe: outlier exposure, uniform "
                   "softmax on counterfeits; adaptive: a reject class trained on outliers made against the model "
                   "as it trains (in-loop inversion generator, hardest-outlier mining, PGD), far ones only")
     stores: list[str] = option([], "counterfeit stores (Parquet files or folders) to pool; default: this run's store")
@@ -101,9 +101,9 @@ class HardenSettings:
                                      "before each classifier step (0: no generator)", ge=0)
     mine_pool: int = option(4, "adaptive: candidates drawn per outlier kept; the most accepted are kept (ATOM; "
                                "1: no mining)", ge=1)
-    pgd_steps: int = option(5, "adaptive: PGD steps pushing each outlier toward acceptance as a class (0: none)",
+    pgd_steps: int = option(10, "adaptive: PGD steps pushing each outlier toward acceptance as a class (0: none)",
                             ge=0)
-    pgd_epsilon: float = option(0.1, "adaptive: L-infinity radius of the PGD perturbation, in pixel units", ge=0)
+    pgd_epsilon: float = option(0.3, "adaptive: L-infinity radius of the PGD perturbation, in pixel units", ge=0)
     reject_weight: float = option(1.0, "adaptive: reject-class weight relative to one average real class", gt=0)
     eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
                                   gt=0, lt=1)
