@@ -88,8 +88,12 @@ class GenerateSettings:
 
 @dataclass
 class HardenSettings:
-    mode: Literal["reject", "oe"] = option("reject", "reject: a (K+1)-th 'none of these' class for counterfeits; "
-                                                     "oe: outlier exposure, uniform softmax on counterfeits")
+    # The default stays reject: adaptive cuts the fresh inversion attack (92.6% -> 37.4%) but costs letters
+    # AUROC (0.98 -> 0.85) and gradient ascent (57% -> 87%); docs/BENCHMARKS.md, issue 12.
+    mode: Literal["reject", "oe", "adaptive"] = option(
+        "reject", "reject: a (K+1)-th 'none of these' class for counterfeits; oe: outlier exposure, uniform "
+                  "softmax on counterfeits; adaptive: a reject class trained on outliers made against the model "
+                  "as it trains (in-loop inversion generator, hardest-outlier mining, PGD), far ones only")
     stores: list[str] = option([], "counterfeit stores (Parquet files or folders) to pool; default: this run's store")
     rounds: int = option(1, "attack -> harden -> re-attack rounds; each round pools the counterfeits of all before",
                          ge=1)
@@ -98,11 +102,21 @@ class HardenSettings:
     batch_size: int = option(128, "in-distribution images per step (summed over workers)", ge=2)
     outlier_weight: float = option(0.5, "oe: weight (lambda) of the uniform cross-entropy on counterfeits", ge=0)
     noise_images: int = option(500, "reject: noise images that seed the reject class next to the counterfeits", ge=0)
+    outliers_per_step: int = option(64, "adaptive: outliers labelled reject per step, next to the clean batch "
+                                        "(fewer when some are not far from the data)", ge=1)
+    attacker_steps: int = option(1, "adaptive: steps of the in-loop inversion generator against the classifier "
+                                     "before each classifier step (0: no generator)", ge=0)
+    mine_pool: int = option(4, "adaptive: candidates drawn per outlier kept; the most accepted are kept (ATOM; "
+                               "1: no mining)", ge=1)
+    pgd_steps: int = option(10, "adaptive: PGD steps pushing each outlier toward acceptance as a class (0: none)",
+                            ge=0)
+    pgd_epsilon: float = option(0.3, "adaptive: L-infinity radius of the PGD perturbation, in pixel units", ge=0)
+    reject_weight: float = option(1.0, "adaptive: reject-class weight relative to one average real class", gt=0)
     eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
                                   gt=0, lt=1)
     split_seed: int = option(0, "seed of the train/evaluation split of counterfeit rows")
     ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
-                                    "for reject, max_softmax for oe), max_softmax, max_logit, negative_energy, "
+                                    "with a reject class, max_softmax for oe), max_softmax, max_logit, negative_energy, "
                                     "not_reject")
     reattack_steps: int | None = option(None, "generator steps of each re-attack (default: the method's steps)",
                                         ge=1)
@@ -112,14 +126,14 @@ class HardenSettings:
     def validate(self) -> None:
         if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
             raise CccError(f"harden.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
-        if self.ood_score == "not_reject" and self.mode != "reject":
-            raise CccError("harden.ood_score: not_reject needs harden.mode reject")
+        if self.ood_score == "not_reject" and self.mode == "oe":
+            raise CccError("harden.ood_score: not_reject needs a reject class (harden.mode reject or adaptive)")
 
     @property
     def score(self) -> str:
         if self.ood_score != "auto":
             return self.ood_score
-        return "not_reject" if self.mode == "reject" else "max_softmax"
+        return "max_softmax" if self.mode == "oe" else "not_reject"
 
 
 @dataclass

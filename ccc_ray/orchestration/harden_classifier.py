@@ -8,7 +8,7 @@ the same run resumes from the last one.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray.train
@@ -19,28 +19,108 @@ from torch.utils.data import DataLoader, TensorDataset
 from ccc_ray.classifiers.training import accuracy, random_shift
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, save_classifier
 from ccc_ray.data.sources import load_dataset
+from ccc_ray.hardening.adaptive import AdaptiveOutliers, far_distance, noise_images
 from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
 from ccc_ray.hardening.widen import widen_classifier
 from ccc_ray.errors import CccError
-from ccc_ray.job import JobConfig
+from ccc_ray.job import HardenSettings, JobConfig
+from ccc_ray.methods.base import MethodContext
+from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
 from ccc_ray.store.files import ensure_writable_dir
 
 
-def noise_images(count: int, image_shape: tuple[int, int, int], seed: int) -> torch.Tensor:
-    """Half uniform pixel noise, half smooth noise (4x4 upsampled): the seed of the reject class."""
-    generator = torch.Generator().manual_seed(seed)
-    c, h, w = image_shape
-    pixel = torch.rand(count // 2, c, h, w, generator=generator)
-    coarse = torch.rand(count - count // 2, c, 4, 4, generator=generator)
-    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    return torch.cat([pixel, smooth])
-
-
 def hardening_model(baseline: torch.nn.Module, mode: str, image_shape: tuple[int, int, int]) -> torch.nn.Module:
-    return widen_classifier(baseline, image_shape) if mode == "reject" else baseline
+    return baseline if mode == "oe" else widen_classifier(baseline, image_shape)
+
+
+@dataclass
+class HardeningParts:
+    """What one worker trains with: the model, its optimiser, the data, and (adaptive) the attacker."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader  # (image, label) batches: real images, plus labelled counterfeits for reject
+    outlier_loader: DataLoader  # oe: counterfeit batches
+    class_weights: torch.Tensor | None  # reject and adaptive: K + 1 weights
+    adaptive: AdaptiveOutliers | None
+
+
+def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, counterfeits: torch.Tensor,
+                    far: float, device, world: int = 1, confidence_bar: float = 0.99) -> HardeningParts:
+    """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    model = hardening_model(baseline, cfg.mode, dataset.image_shape).to(device)
+    k = dataset.num_classes
+    per_worker = max(1, cfg.batch_size // world)
+    images, labels = dataset.train_images, dataset.train_labels
+    class_weights, adaptive = None, None
+    if cfg.mode == "reject":
+        outliers = torch.cat([counterfeits, noise_images(cfg.noise_images, dataset.image_shape,
+                                                         torch.Generator().manual_seed(cfg.seed))])
+        images = torch.cat([images, outliers])
+        labels = torch.cat([labels, torch.full((len(outliers),), k, dtype=torch.int64)])
+        class_weights = balanced_class_weights(torch.bincount(labels, minlength=k + 1)).to(device)
+    elif cfg.mode == "adaptive":
+        inversion = None
+        if cfg.attacker_steps:
+            context = MethodContext(dataset.image_shape, k, model, device, confidence_bar)
+            inversion = NetworkInversion(InversionConfig(seed=cfg.seed), context)
+        adaptive = AdaptiveOutliers(inversion, counterfeits, dataset.train_images.to(device), far,
+                                    cfg.outliers_per_step, cfg.mine_pool, cfg.attacker_steps, cfg.pgd_steps,
+                                    cfg.pgd_epsilon)
+        # The reject class weighs as much as one average real class, as in reject mode.
+        steps = -(-len(labels) // cfg.batch_size)
+        counts = torch.cat([torch.bincount(labels, minlength=k), torch.tensor([steps * cfg.outliers_per_step])])
+        class_weights = balanced_class_weights(counts).to(device) * torch.tensor(
+            [1.0] * k + [cfg.reject_weight], device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=per_worker, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    outlier_loader = DataLoader(TensorDataset(counterfeits), batch_size=per_worker, shuffle=True,
+                                generator=torch.Generator().manual_seed(cfg.seed + 1))
+    return HardeningParts(model, optimizer, loader, outlier_loader, class_weights, adaptive)
+
+
+def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: int) -> float:
+    """One pass over the real data (every batch holds clean images); returns the mean loss.
+
+    `seed` is per (run seed, rank, epoch), so shifts and attacks do not depend on the worker count.
+    `parts.model` may be DDP-wrapped; the attacker works on the plain module it was built with.
+    """
+    model = parts.model
+    model.train()
+    shift = torch.Generator().manual_seed(seed)
+    attack = torch.Generator().manual_seed(seed + 1)
+    outlier_batches = itertools.cycle(parts.outlier_loader)
+    total, count = 0.0, 0
+    for batch_images, batch_labels in parts.loader:
+        batch_images = random_shift(batch_images, 1, shift).to(device)
+        batch_labels = batch_labels.to(device)
+        if cfg.mode == "reject":
+            loss = reject_class_loss(model(batch_images), batch_labels, parts.class_weights)
+        elif cfg.mode == "adaptive":
+            outliers = parts.adaptive.outliers(getattr(model, "module", model), attack, device)
+            labels = torch.cat([batch_labels, torch.full((len(outliers),), parts.class_weights.numel() - 1,
+                                                         dtype=torch.int64, device=device)])
+            loss = reject_class_loss(model(torch.cat([batch_images, outliers])), labels, parts.class_weights)
+        else:
+            (outlier_images,) = next(outlier_batches)
+            logits = model(torch.cat([batch_images, outlier_images.to(device)]))
+            loss = outlier_exposure_loss(logits[:len(batch_images)], batch_labels, logits[len(batch_images):],
+                                         cfg.outlier_weight)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()
+        total += float(loss.detach()) * len(batch_labels)
+        count += len(batch_labels)
+    return total / max(count, 1)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return seed * 1_000_003 + rank * 10_007 + epoch * 101
 
 
 def harden_train_loop(loop_config: dict) -> None:
@@ -55,65 +135,45 @@ def harden_train_loop(loop_config: dict) -> None:
                                            dataset.image_shape, dataset.num_classes)
     split = split_counterfeits(loop_config["stores"], dataset.image_shape, dataset.num_classes,
                                cfg.eval_fraction, cfg.split_seed)
-    torch.manual_seed(cfg.seed)
-    model = hardening_model(baseline, cfg.mode, dataset.image_shape)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    parts = hardening_parts(cfg, baseline, dataset, split.train_images, loop_config["far"], device, world,
+                            job.keep.confidence_bar)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = load_checkpoint_state(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        if parts.adaptive is not None:
+            parts.adaptive.load_state_dict(state.get("attacker", {}))
         start_epoch = int(state["epoch"])
         if rank == 0:
             print(f"[harden] resumed from the checkpoint after epoch {start_epoch}", flush=True)
-    k = dataset.num_classes
-    if cfg.mode == "reject":
-        outliers = torch.cat([split.train_images, noise_images(cfg.noise_images, dataset.image_shape, cfg.seed)])
-        images = torch.cat([dataset.train_images, outliers])
-        labels = torch.cat([dataset.train_labels, torch.full((len(outliers),), k, dtype=torch.int64)])
-        class_weights = balanced_class_weights(torch.bincount(labels, minlength=k + 1)).to(device)
-    else:
-        images, labels = dataset.train_images, dataset.train_labels
-    per_worker = max(1, cfg.batch_size // world)
-    loader = DataLoader(TensorDataset(images, labels), batch_size=per_worker, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    outlier_loader = DataLoader(TensorDataset(split.train_images), batch_size=per_worker, shuffle=True,
-                                generator=torch.Generator().manual_seed(cfg.seed + 1))
-    model = ray.train.torch.prepare_model(model)
-    shift = torch.Generator().manual_seed(cfg.seed + 2)
+    parts.loader = ray.train.torch.prepare_data_loader(parts.loader, move_to_device=False)
+    parts.model = ray.train.torch.prepare_model(parts.model)
     for epoch in range(start_epoch, cfg.epochs):
         if world > 1:
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        total, count = 0.0, 0
-        outlier_batches = itertools.cycle(outlier_loader)
-        for batch_images, batch_labels in loader:
-            batch_images = random_shift(batch_images, 1, shift).to(device)
-            batch_labels = batch_labels.to(device)
-            if cfg.mode == "reject":
-                loss = reject_class_loss(model(batch_images), batch_labels, class_weights)
-            else:
-                (outlier_images,) = next(outlier_batches)
-                logits = model(torch.cat([batch_images, outlier_images.to(device)]))
-                loss = outlier_exposure_loss(logits[:len(batch_images)], batch_labels, logits[len(batch_images):],
-                                             cfg.outlier_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch_labels)
-            count += len(batch_labels)
-        inner = getattr(model, "module", model)
+            parts.loader.sampler.set_epoch(epoch)
+        loss = hardening_epoch(parts, cfg, device, epoch_seed(cfg.seed, rank, epoch))
+        inner = getattr(parts.model, "module", parts.model)
         # argmax over every output: a test image sent to the reject class counts as an error.
         clean = accuracy(inner, dataset.test_images, dataset.test_labels, device)
         if rank == 0:
-            print(f"[harden {cfg.mode}] epoch {epoch + 1}/{cfg.epochs} loss {total / max(count, 1):.4f} "
+            print(f"[harden {cfg.mode}] epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} "
                   f"clean accuracy {clean:.4f}", flush=True)
-        state = {"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
+        state = {"model": inner.state_dict(), "optimizer": parts.optimizer.state_dict(), "epoch": epoch + 1}
+        if parts.adaptive is not None:  # the attacker resumes where it stopped, not from scratch
+            state["attacker"] = parts.adaptive.state_dict()
         with checkpoint_to_report(state if rank == 0 else None) as ckpt:
-            ray.train.report({"epoch": epoch + 1, "train_loss": total / max(count, 1), "clean_accuracy": clean},
-                             checkpoint=ckpt)
+            ray.train.report({"epoch": epoch + 1, "train_loss": loss, "clean_accuracy": clean}, checkpoint=ckpt)
+
+
+def fine_tune_in_process(baseline: torch.nn.Module, cfg: HardenSettings, dataset, counterfeits: torch.Tensor,
+                         far: float, device="cpu") -> torch.nn.Module:
+    """The same fine-tuning on one process without Ray (benchmarks compare modes this way)."""
+    parts = hardening_parts(cfg, baseline, dataset, counterfeits, far, device)
+    for epoch in range(cfg.epochs):
+        hardening_epoch(parts, cfg, device, epoch_seed(cfg.seed, 0, epoch))
+    return parts.model.eval()
 
 
 def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], output: Path, name: str) -> tuple[ClassifierInfo, dict]:
@@ -129,10 +189,11 @@ def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], ou
     split_counterfeits(stores, dataset.image_shape, dataset.num_classes, job.harden.eval_fraction, job.harden.split_seed)
     ensure_writable_dir(output.parent, "run.output_dir")
     claim_run(job.run, name, {"harden": asdict(job.harden), "baseline": info.sha256, "stores": sorted(stores)})
-    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path), "stores": list(stores)}
+    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path), "stores": list(stores),
+                   "far": far_distance(dataset.test_images, dataset.train_images)}
     result = fit(harden_train_loop, loop_config, job.run, name, "hardening")
     model = hardening_model(baseline, job.harden.mode, dataset.image_shape)
     model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
     hardened = save_classifier(output, model, info.config, dataset.image_shape, list(dataset.class_names),
-                               job.data.name, reject_class=job.harden.mode == "reject")
+                               job.data.name, reject_class=job.harden.mode != "oe")
     return hardened, dict(result.metrics or {})
