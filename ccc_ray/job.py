@@ -241,8 +241,10 @@ def _check_keys(section: str, values: Any, classes: dict[str, type]) -> None:
             continue
         owners = [name for name, cls in classes.items() if key in {f.name for f in dataclasses.fields(cls)}]
         if owners:
-            raise CccError(f"{section}.{key}: {section} has no setting {key!r}; it belongs to section "
-                           f"{' and '.join(owners)} (--{owners[0]}.{key})")
+            where = (f"section {owners[0]}" if len(owners) == 1
+                     else f"sections {', '.join(owners[:-1])} and {owners[-1]}")
+            raise CccError(f"{section}.{key}: {section} has no setting {key!r}; it belongs to {where} "
+                           f"(--{owners[0]}.{key})")
         raise CccError(f"{section}: unknown setting {key!r}; known settings are {', '.join(sorted(own))}")
 
 
