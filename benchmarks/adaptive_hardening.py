@@ -11,6 +11,10 @@ confident on its target at the bar on the stored image, accepted by the 95%-TPR 
 from the data (`ccc_ray.hardening.adaptive.far_from_data`).
 
     PYTHONPATH=. python benchmarks/adaptive_hardening.py --modes reject,oe,adaptive --json out.json
+    PYTHONPATH=. python benchmarks/adaptive_hardening.py --modes adaptive --set pgd_epsilon=0.2 --set reject_weight=2.0
+
+Each mode costs minutes of CPU (the fresh MAP-Elites search dominates); separate processes per mode run
+side by side and share the cached baseline. Figures: docs/BENCHMARKS.md, "Issue 12".
 """
 
 from __future__ import annotations

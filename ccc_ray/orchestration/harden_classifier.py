@@ -1,8 +1,10 @@
 """Hardening under Ray Train: fine-tune the baseline classifier on its data plus counterfeits.
 
 Each worker reads the stores itself (paths travel, not images) and splits the rows by id exactly as the
-driver does, so only the training rows are ever seen here. One checkpoint per epoch; a second start of
-the same run resumes from the last one.
+driver does, so only the training rows are ever seen here. One checkpoint per epoch (model, optimiser
+and, in adaptive mode, the in-loop attacker's generator and its optimiser); a second start of the same
+run resumes from the last one. `hardening_parts` and `hardening_epoch` are the whole fine-tuning; the
+Ray loop wraps them, and `benchmarks/adaptive_hardening.py` runs them in one process to compare modes.
 """
 
 from __future__ import annotations
