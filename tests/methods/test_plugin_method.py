@@ -81,20 +81,23 @@ class TinyGenerator(TrainedMethod):
         return self._images(self.generator, targets, torch.Generator(device=self.device).manual_seed(seed))
 
 
-register_method(TinyGenerator)  # the one registry line
-
-
 @pytest.fixture
 def ray_cluster():
-    """In-process Ray; this module's classes travel to the workers by value (they are not importable there)."""
+    """The plug-in registered (the one registry line a plug-in package runs on import) and in-process Ray;
+    this module's classes travel to the workers by value (they are not importable there). Both undone
+    afterwards, so later tests' jobs carry no section of a class their workers cannot import."""
     import ray
     import ray.cloudpickle
 
+    register_method(TinyGenerator)  # the one registry line
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        METHODS.pop(TinyGenerator.name, None)
 
 
 def run(*argv: str) -> None:
