@@ -8,7 +8,7 @@ the baseline, never trained on), photo patches and letters; and the success of f
 the hardened model: a new inversion generator (the method's full 1,000 steps), gradient ascent (300
 steps) and MAP-Elites direct encoding (the method's budget). A fresh-attack sample succeeds when it is
 confident on its target at the bar on the stored image, accepted by the 95%-TPR OOD threshold, and far
-from the data (`ccc_ray.hardening.adaptive.far_from_data`).
+from the data (the project's far rule, `ccc_ray/counterfeits/far.py`).
 
     PYTHONPATH=. python benchmarks/adaptive_hardening.py --modes reject,oe,adaptive --json out.json
     PYTHONPATH=. python benchmarks/adaptive_hardening.py --modes adaptive --set pgd_epsilon=0.2 --set reject_weight=2.0
@@ -30,11 +30,11 @@ import torch
 
 from ccc_ray.classifiers.build import ClassifierConfig, build_classifier
 from ccc_ray.classifiers.training import train_epoch
+from ccc_ray.counterfeits.far import FarFromData, FarRule, fit_far_rule
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.data.real_ood import real_ood_images
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.evaluate import attack_success_rate, evaluate_classifier
-from ccc_ray.hardening.adaptive import far_distance, far_from_data
 from ccc_ray.hardening.widen import widen_classifier
 from ccc_ray.job import HardenSettings
 from ccc_ray.methods.base import MethodContext
@@ -99,7 +99,7 @@ def baseline_and_counterfeits(work: Path, dataset) -> dict:
     return state
 
 
-def fresh_attacks(model, reject: bool, evaluation, dataset, far: float, seed: int) -> dict:
+def fresh_attacks(model, reject: bool, evaluation, dataset, far: FarFromData, seed: int) -> dict:
     """Success rate of each fresh attack: confident, accepted and far."""
     k = dataset.num_classes
     # searches optimise over every output (the reject one too), targeting only the real classes
@@ -120,7 +120,7 @@ def fresh_attacks(model, reject: bool, evaluation, dataset, far: float, seed: in
         stored = score_as_stored(images, targets, model, BAR)
         rates = attack_success_rate(model, reject, images, targets, evaluation.primary_score,
                                     evaluation.ood_threshold, BAR)
-        far_mask = far_from_data(stored.images, dataset.train_images, far)
+        far_mask = far.is_far(stored.images)
         accepted = ood_score(evaluation.primary_score, stored.logits, reject) >= evaluation.ood_threshold
         success = stored.kept & accepted & far_mask
         out[name] = {"success": float(success.double().mean()), "confident_accepted": rates["success_rate"],
@@ -150,7 +150,7 @@ def main() -> None:
     ood_sets = {"held_out_inversion": base["held_out"], "held_out_ascent": base["ascent"],
                 "held_out_direct": base["direct"], **real_ood_images(dataset.image_shape, 500, 0)}
     # held-out real images for the far rule: the test split (never trained on)
-    far = far_distance(dataset.test_images, dataset.train_images)
+    far = fit_far_rule(FarRule(), dataset)
     extra = {key: float(value) if "." in value else int(value) for key, value in
              (item.split("=", 1) for item in args.set)}
     rows = []
@@ -174,7 +174,7 @@ def main() -> None:
                                         "max_softmax")
     print(json.dumps({"mode": "baseline", "clean_accuracy": baseline_eval.clean_accuracy,
                       "auroc": {s: m["max_softmax"]["auroc"] for s, m in baseline_eval.metrics.items()},
-                      "far_distance": far}), flush=True)
+                      "far_distance": far.radius}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -63,13 +63,20 @@ def evaluate_classifier(classifier, reject_class: bool, test_images: torch.Tenso
 
 def attack_success_rate(classifier, reject_class: bool, images: torch.Tensor, targets: torch.Tensor,
                         score: str, ood_threshold: float, confidence_bar: float,
-                        device: torch.device | str = "cpu") -> dict[str, float]:
+                        device: torch.device | str = "cpu", far=None) -> dict[str, float]:
     """Share of attack samples that fool the classifier: kept by the keep rule (confident on their target,
-    on the stored image) and accepted by the OOD detector (score >= `ood_threshold`)."""
+    on the stored image), accepted by the OOD detector (score >= `ood_threshold`) and, given the fitted far
+    rule `far` (`counterfeits/far.py`), far from the data, as the scorecard counts; `near_share` is the
+    share of the confident and accepted samples that were near (not counted)."""
     scored = score_as_stored(images, targets, classifier, confidence_bar, device)
     if score not in applicable_scores(reject_class):
         score = "max_softmax"
     confident = scored.kept
     accepted = ood_score(score, scored.logits, reject_class) >= ood_threshold
+    fooled = confident & accepted
+    is_far = far.is_far(scored.stored) if far is not None else torch.ones_like(fooled)
+    success = fooled & is_far
     return {"confident_share": float(confident.double().mean()), "accepted_share": float(accepted.double().mean()),
-            "success_rate": float((confident & accepted).double().mean()), "samples": int(len(targets))}
+            "confident_and_accepted_share": float(fooled.double().mean()),
+            "near_share": float((fooled & ~is_far).sum() / fooled.sum()) if fooled.any() else 0.0,
+            "success_rate": float(success.double().mean()), "far_rule": far is not None, "samples": int(len(targets))}

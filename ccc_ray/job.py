@@ -119,6 +119,18 @@ class HardenSettings:
     ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
                                     "with a reject class, max_softmax for oe), max_softmax, max_logit, negative_energy, "
                                     "not_reject")
+    guard: Literal["auto", "pixels", "off"] = option(
+        "auto", "data guard around the hardened model (ccc_ray/classifiers/guard.py): its answer fades into reject "
+                "with the pixel distance to the nearest training image, so no image far from the data reaches the "
+                "confidence bar; the model file and its ONNX export then CONTAIN THE TRAINING IMAGES. auto: on where "
+                "the far rule measures pixels (far.auto_pixel_limit), off above; pixels: on; off: none")
+    guard_edge_percentile: float = option(90.0, "guard: from this percentile of the training images' own nearest-"
+                                                "neighbour distances on, confidence stays <= guard_cap", gt=0, lt=100)
+    guard_reject_percentile: float = option(99.9, "guard: at this percentile of those distances the answer is half "
+                                                  "reject; beyond it, reject", gt=0, le=100)
+    guard_cap: float = option(0.98, "guard: the highest confidence at the edge distance and beyond; it guarantees "
+                                    "far images stay below keep.confidence_bar only when below that bar",
+                              gt=0.5, lt=1)
     reattack_steps: int | None = option(None, "generator steps of each re-attack (default: the method's steps)",
                                         ge=1)
     real_ood_per_set: int = option(500, "images per real OOD set in the evaluation", ge=10)
@@ -127,6 +139,9 @@ class HardenSettings:
     def validate(self) -> None:
         if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
             raise CccError(f"harden.ood_score: {self.ood_score!r} is not auto or one of {', '.join(OOD_SCORES)}")
+        if self.guard_edge_percentile >= self.guard_reject_percentile:
+            raise CccError(f"harden.guard_edge_percentile ({self.guard_edge_percentile}) must lie below "
+                           f"harden.guard_reject_percentile ({self.guard_reject_percentile})")
         if self.ood_score == "not_reject" and self.mode == "oe":
             raise CccError("harden.ood_score: not_reject needs a reject class (harden.mode reject or adaptive)")
 

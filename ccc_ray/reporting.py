@@ -78,7 +78,7 @@ def render_report_md(report: dict) -> str:
     """report.json as Markdown: one table of the headline figures per round, then per-set details."""
     rounds = report["rounds"]
     score = report["score"]
-    sets = list(rounds[0]["ood"])
+    sets = list(dict.fromkeys(name for row in rounds for name in row["ood"]))  # per-family sets may join later
     lines = [f"# ccc-ray hardening report: run `{report['run_id']}`", "",
              f"Data `{report['data']}`, mode `{report['mode']}`, OOD score `{score}` (round 0 is the baseline, "
              "scored with max_softmax where it has no reject output). In-distribution images are the positive "
@@ -88,23 +88,27 @@ def render_report_md(report: dict) -> str:
              "|---|---|" + "---|" * len(sets) + "---|---|"]
     for row in rounds:
         used = row["score"]
-        aurocs = " | ".join(_num(row["ood"][name][used]["auroc"]) for name in sets)
+        aurocs = " | ".join(_num(row["ood"][name][used]["auroc"]) if name in row["ood"] else "-" for name in sets)
         lines.append(f"| {row['round']} | {_pct(row['clean_accuracy'])} | {aurocs} | "
                      f"{_pct(row['ood'][sets[0]][used]['fpr95'])} | {_pct(row['attack']['success_rate'])} |")
     lines += ["", "Re-attack success: share of a fresh generator's samples against that round's model that reach "
               f"confidence >= {report.get('confidence_bar', 0.99)} (the keep rule's bar) on their target on the "
-              "stored image and pass the OOD score's 95%-TPR acceptance threshold.", ""]
+              "stored image, pass the OOD score's 95%-TPR acceptance threshold and lie far from the data (the far "
+              "rule; the scorecard's definition of a success).", ""]
     for row in rounds:
         lines += [f"## Round {row['round']} (`{row['score']}`, threshold {row['threshold95']:.4g})", "",
                   "| OOD set | score | AUROC | AUPR-in | AUPR-out | FPR95 |", "|---|---|---|---|---|---|"]
         for name in sets:
-            for score_name, metrics in row["ood"][name].items():
+            for score_name, metrics in row["ood"].get(name, {}).items():
                 lines.append(f"| {name} | {score_name} | {_num(metrics['auroc'])} | {_num(metrics['aupr_in'])} | "
                              f"{_num(metrics['aupr_out'])} | {_pct(metrics['fpr95'])} |")
         attack = row["attack"]
         lines += ["", f"Counterfeits: {row['counterfeits_train']} for training, {row['counterfeits_held_out']} held "
                       f"out. Re-attack: {attack['samples']} samples, {_pct(attack['confident_share'])} confident, "
-                      f"{_pct(attack['accepted_share'])} accepted, {_pct(attack['success_rate'])} both.", ""]
+                      f"{_pct(attack['accepted_share'])} accepted, "
+                      f"{_pct(attack.get('confident_and_accepted_share', attack['success_rate']))} both, "
+                      f"{_pct(attack['success_rate'])} both and far (near share "
+                      f"{_pct(attack.get('near_share', 0.0))}).", ""]
     carded = [row for row in rounds if row.get("scorecard")]
     if carded:
         families = list(carded[0]["scorecard"])

@@ -56,6 +56,16 @@ def digits_generator_file(tmp_path_factory, digits, digits_classifier_file):
     return path
 
 
+@pytest.fixture
+def ray_cluster():
+    """In-process Ray on 2 logical CPUs, shut down right after its test so no other local cluster overlaps it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 # Processes a test starts in their own session (start_new_session=True), killed by pid: never `ray stop`
 # or a kill by name, which would reach other people's Ray clusters on a shared machine.
 def session_pids(session_id: int) -> list[int]:

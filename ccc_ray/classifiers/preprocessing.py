@@ -71,10 +71,25 @@ class RawInputs(nn.Module):
         return self.preprocessed.raw_forward(raw)
 
 
+class ScaledInputs(nn.Module):
+    """Raw images in, scaled to the data contract for a model that needs contract images (a data guard
+    around a preprocessed model measures its distances on contract images)."""
+
+    def __init__(self, model: nn.Module, input_range: float):
+        super().__init__()
+        self.model, self.input_range = model, float(input_range)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.model(raw / self.input_range)
+
+
 def raw_input_model(model: nn.Module) -> tuple[nn.Module, float]:
     """(a module taking raw images, their input_range): `model` itself where raw images are contract images."""
     if isinstance(model, Preprocessed) and model.raw_range != 1.0:
         return RawInputs(model), model.raw_range
+    inner = getattr(model, "classifier", None)  # a DataGuard (classifiers/guard.py) around a preprocessed model
+    if isinstance(inner, Preprocessed) and inner.raw_range != 1.0:
+        return ScaledInputs(model, inner.raw_range), inner.raw_range
     return model, 1.0
 
 

@@ -20,6 +20,7 @@ from ccc_ray.classifiers.build import (
     build_classifier,
     check_classifier_fits,
 )
+from ccc_ray.classifiers.guard import DataGuard
 from ccc_ray.classifiers.preprocessing import user_model
 from ccc_ray.config import config_from_dict
 from ccc_ray.errors import CccError
@@ -38,6 +39,7 @@ class ClassifierInfo:
     data_name: str
     sha256: str
     reject_class: bool = False  # one more output after the K classes: "none of these" (hardened models)
+    guard: dict | None = None  # a DataGuard around the model (classifiers/guard.py): its fitted distances
 
     @property
     def num_classes(self) -> int:
@@ -66,9 +68,13 @@ def save_classifier(path: str | Path, model: nn.Module, config: ClassifierConfig
     from safetensors.torch import save
 
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(model), reject_class)
+    guard = model.describe() if isinstance(model, DataGuard) else None
+    info = ClassifierInfo(config, tuple(image_shape), tuple(class_names), data_name, fingerprint(model), reject_class,
+                          guard)
     meta = {"config": asdict(config), "image_shape": list(image_shape), "class_names": list(class_names),
             "data_name": data_name, "sha256": info.sha256, "reject_class": reject_class}
+    if guard is not None:
+        meta["guard"] = guard
     atomic_write_bytes(path, save(state, metadata={METADATA_KEY: json.dumps(meta)}))
     return info
 
@@ -143,9 +149,12 @@ def classifier_from_bytes(raw: bytes, path: str, image_shape: tuple[int, int, in
         raise CccError(f"classifier {str(path)!r} has {len(names)} classes, the data has {num_classes}")
     reject = bool(meta.get("reject_class", False))
     model = build_classifier(config, shape, len(names) + int(reject))
+    guard = meta.get("guard")
+    if guard is not None:  # the saved guard's buffers (training images, distances) load with the weights
+        model = DataGuard.empty(model, int(guard["reference_images"]), int(guard["values_per_image"]), reject)
     load_weights_into(model, state, str(path))
     model.eval()
-    info = ClassifierInfo(config, shape, names, meta.get("data_name", "?"), fingerprint(model), reject)
+    info = ClassifierInfo(config, shape, names, meta.get("data_name", "?"), fingerprint(model), reject, guard)
     if meta.get("sha256") and meta["sha256"] != info.sha256:
         raise CccError(f"weights file {str(path)!r} does not match its recorded fingerprint (corrupted)")
     return model, info

@@ -66,8 +66,11 @@ class ScorecardSettings:
     seed: int = option(0, "seed of the samples and of every search's runs")
     cpus_per_task: float = option(1.0, "CPUs per Ray task (one task per family); its torch / onnxruntime threads",
                                   gt=0)
-    each_round: bool = option(False, "harden: also score the baseline and every round's model with the scorecard "
-                                     "(written to each round's folder, summarised in report.json and report.md)")
+    each_round: bool = option(True, "harden: also score the baseline and every round's model with the scorecard "
+                                    "(written to each round's folder, summarised in report.json and report.md)")
+    pool: bool = option(True, "harden with each_round: every family's confident, far samples of a round's "
+                              "scorecard join the counterfeit pool of the next round (split into train / held out "
+                              "by row id like the rest; held-out AUROC is reported per family)")
 
     def validate(self) -> None:
         if self.ood_score != "auto" and self.ood_score not in OOD_SCORES:
@@ -287,11 +290,12 @@ class Scorecard:
     settings: dict
     families: list[FamilyScore]
     wall_seconds: float = 0.0
+    stores: dict = field(default_factory=dict)  # family -> store file of its confident, far samples (if written)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_kind": self.model_kind, "classifier_sha256": self.classifier_sha256,
                 "confidence_bar": self.confidence_bar, "ood": dataclasses.asdict(self.decision), "far": self.far,
-                "settings": self.settings, "wall_seconds": self.wall_seconds,
+                "settings": self.settings, "wall_seconds": self.wall_seconds, "stores": self.stores,
                 "families": [row.to_dict() for row in self.families]}
 
 

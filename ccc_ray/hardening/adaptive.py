@@ -16,7 +16,7 @@ the moment, made against the classifier as it is now:
 
 Only outliers far from the data may carry the reject label: an attacker that drifts toward real digits
 would otherwise teach the model to reject digits (an earlier probe lost 23-30 points of clean accuracy
-that way). `far_from_data` is the one rule used here.
+that way). "Far" is the project's one far rule (`ccc_ray/counterfeits/far.py`), passed in fitted.
 
 Contract: images float32 N x C x H x W in [0, 1]; classifiers map images to N x (K + 1) logits (the last
 output rejects).
@@ -28,27 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccc_ray.counterfeits.quality import nearest_distances
+from ccc_ray.counterfeits.far import FarFromData
 from ccc_ray.errors import CccError
 from ccc_ray.methods.map_elites import classifier_eval_mode
-
-FAR_QUANTILE = 0.95  # a real held-out image is this rarely farther from the training set than a "far" image
-
-
-def far_distance(held_out_real: torch.Tensor, train_images: torch.Tensor, quantile: float = FAR_QUANTILE) -> float:
-    """The distance beyond which an image counts as far from the data: the `quantile` of real held-out
-    images' own L2 distances to their nearest training image."""
-    if len(held_out_real) == 0 or len(train_images) == 0:
-        raise CccError("far_distance: need held-out real images and training images, got an empty set")
-    return float(torch.quantile(nearest_distances(held_out_real, train_images), quantile))
-
-
-def far_from_data(images: torch.Tensor, train_images: torch.Tensor, distance: float) -> torch.Tensor:
-    """Bool N: the image's nearest training image lies at least `distance` away (L2, pixels in [0, 1])."""
-    if len(images) == 0:
-        return torch.zeros(0, dtype=torch.bool, device=images.device)
-    return nearest_distances(images, train_images.to(images.device)).to(images.device) >= distance
-
 
 def hardest_outliers(logits: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` rows (of N x (K + 1) logits) with the lowest reject probability: the
@@ -103,14 +85,14 @@ class AdaptiveOutliers:
     returned, to be labelled reject. The generator's state travels in `state_dict` for checkpoints.
     """
 
-    def __init__(self, inversion, counterfeits: torch.Tensor, train_images: torch.Tensor, far: float,
+    def __init__(self, inversion, counterfeits: torch.Tensor, image_shape: tuple[int, int, int], far: FarFromData,
                  count: int, mine_pool: int, attacker_steps: int, pgd_steps: int, pgd_epsilon: float):
         if count < 1 or mine_pool < 1 or attacker_steps < 0 or pgd_steps < 0 or pgd_epsilon < 0:
             raise CccError(f"adaptive outliers: need count >= 1, mine_pool >= 1 and non-negative steps and "
                            f"epsilon, got count {count}, mine_pool {mine_pool}, attacker_steps {attacker_steps}, "
                            f"pgd_steps {pgd_steps}, pgd_epsilon {pgd_epsilon}")
         self.inversion = inversion  # a NetworkInversion whose context.classifier is the model being hardened
-        self.counterfeits, self.train_images, self.far = counterfeits, train_images, far
+        self.counterfeits, self.image_shape, self.far = counterfeits, tuple(image_shape), far
         self.count, self.mine_pool = count, mine_pool
         self.attacker_steps, self.pgd_steps, self.pgd_epsilon = attacker_steps, pgd_steps, pgd_epsilon
 
@@ -134,7 +116,7 @@ class AdaptiveOutliers:
         total = self.count * self.mine_pool
         sources = 2 + (self.inversion is not None) - (len(self.counterfeits) == 0)
         share = -(-total // sources)
-        parts = [noise_images(share, self.train_images.shape[1:], rng).to(device)]
+        parts = [noise_images(share, self.image_shape, rng).to(device)]
         if len(self.counterfeits):
             parts.append(self.counterfeits[torch.randint(len(self.counterfeits), (share,), generator=rng)].to(device))
         if self.inversion is not None:
@@ -155,7 +137,7 @@ class AdaptiveOutliers:
         if self.pgd_steps:
             pool = pgd_toward_classes(classifier, pool, logits[:, :-1].argmax(dim=1), self.pgd_steps,
                                       self.pgd_epsilon)
-        return pool[far_from_data(pool, self.train_images, self.far)]
+        return pool[self.far.is_far(pool.cpu()).to(pool.device)]
 
     def state_dict(self) -> dict:
         return self.inversion.state_dict() if self.inversion is not None else {}

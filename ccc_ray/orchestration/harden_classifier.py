@@ -18,10 +18,12 @@ import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ccc_ray.classifiers.guard import DataGuard
 from ccc_ray.classifiers.training import accuracy, random_shift
+from ccc_ray.counterfeits.far import PIXELS, FarFromData, fit_far_rule
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, save_classifier
 from ccc_ray.data.sources import load_dataset
-from ccc_ray.hardening.adaptive import AdaptiveOutliers, far_distance, noise_images
+from ccc_ray.hardening.adaptive import AdaptiveOutliers, noise_images
 from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
 from ccc_ray.hardening.widen import widen_classifier
@@ -51,7 +53,7 @@ class HardeningParts:
 
 
 def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, counterfeits: torch.Tensor,
-                    far: float, device, world: int = 1, confidence_bar: float = 0.99) -> HardeningParts:
+                    far: FarFromData, device, world: int = 1, confidence_bar: float = 0.99) -> HardeningParts:
     """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`."""
     torch.manual_seed(cfg.seed)
     model = hardening_model(baseline, cfg.mode, dataset.image_shape).to(device)
@@ -70,7 +72,7 @@ def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, cou
         if cfg.attacker_steps:
             context = MethodContext(dataset.image_shape, k, model, device, confidence_bar)
             inversion = NetworkInversion(InversionConfig(seed=cfg.seed), context)
-        adaptive = AdaptiveOutliers(inversion, counterfeits, dataset.train_images.to(device), far,
+        adaptive = AdaptiveOutliers(inversion, counterfeits, dataset.image_shape, far,
                                     cfg.outliers_per_step, cfg.mine_pool, cfg.attacker_steps, cfg.pgd_steps,
                                     cfg.pgd_epsilon)
         # The reject class weighs as much as one average real class, as in reject mode.
@@ -137,7 +139,9 @@ def harden_train_loop(loop_config: dict) -> None:
                                            dataset.image_shape, dataset.num_classes)
     split = split_counterfeits(loop_config["stores"], dataset.image_shape, dataset.num_classes,
                                cfg.eval_fraction, cfg.split_seed)
-    parts = hardening_parts(cfg, baseline, dataset, split.train_images, loop_config["far"], device, world,
+    # The one far rule, fitted here on the run's data (feature space embeds with the baseline).
+    far = fit_far_rule(job.far, dataset, model=baseline)
+    parts = hardening_parts(cfg, baseline, dataset, split.train_images, far, device, world,
                             job.keep.confidence_bar)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -170,12 +174,27 @@ def harden_train_loop(loop_config: dict) -> None:
 
 
 def fine_tune_in_process(baseline: torch.nn.Module, cfg: HardenSettings, dataset, counterfeits: torch.Tensor,
-                         far: float, device="cpu") -> torch.nn.Module:
+                         far: FarFromData, device="cpu") -> torch.nn.Module:
     """The same fine-tuning on one process without Ray (benchmarks compare modes this way)."""
     parts = hardening_parts(cfg, baseline, dataset, counterfeits, far, device)
     for epoch in range(cfg.epochs):
         hardening_epoch(parts, cfg, device, epoch_seed(cfg.seed, 0, epoch))
     return parts.model.eval()
+
+
+def guard_applies(job: JobConfig, image_shape: tuple[int, int, int]) -> bool:
+    """Whether `harden.guard` puts a data guard around the hardened model for images of `image_shape`."""
+    guard = job.harden.guard
+    return guard == "pixels" or (guard == "auto" and job.far.chosen_space(image_shape) == PIXELS)
+
+
+def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
+    """The hardened model behind the data guard (`harden.guard`), fitted on the run's training images."""
+    cfg = job.harden
+    if not guard_applies(job, dataset.image_shape):
+        return model
+    return DataGuard.fit(model, dataset.train_images, cfg.guard_edge_percentile, cfg.guard_reject_percentile,
+                         cfg.guard_cap, reject_class=cfg.mode != "oe")
 
 
 def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], output: Path, name: str) -> tuple[ClassifierInfo, dict]:
@@ -191,11 +210,11 @@ def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], ou
     split_counterfeits(stores, dataset.image_shape, dataset.num_classes, job.harden.eval_fraction, job.harden.split_seed)
     ensure_writable_dir(output.parent, "run.output_dir")
     claim_run(job.run, name, {"harden": asdict(job.harden), "baseline": info.sha256, "stores": sorted(stores)})
-    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path), "stores": list(stores),
-                   "far": far_distance(dataset.test_images, dataset.train_images)}
+    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path), "stores": list(stores)}
     result = fit(harden_train_loop, loop_config, job.run, name, "hardening")
     model = hardening_model(baseline, job.harden.mode, dataset.image_shape)
     model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
+    model = guarded(job, model.eval(), dataset)
     hardened = save_classifier(output, model, info.config, dataset.image_shape, list(dataset.class_names),
                                job.data.name, reject_class=job.harden.mode != "oe")
     return hardened, dict(result.metrics or {})

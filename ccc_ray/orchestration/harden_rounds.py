@@ -19,6 +19,7 @@ from sklearn.metrics import roc_curve
 
 from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import load_classifier
+from ccc_ray.counterfeits.far import fit_far_rule
 from ccc_ray.data.real_ood import real_ood_images
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
@@ -58,19 +59,31 @@ def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, da
     return method.sample_with_lineage(targets, job.generate.seed + REATTACK_SEED_OFFSET, dataset).images, targets
 
 
-def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress) -> dict | None:
+def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress) -> tuple[dict | None, list[str]]:
     """With `scorecard.each_round`: every attack family against this round's model (round 0: the baseline),
-    written to the round's folder; per family the figures report.json keeps. The far rule keeps the run's
-    baseline classifier as its reference."""
+    written to the round's folder; per family the figures report.json keeps, and (`scorecard.pool`) the
+    store files of each family's confident, far samples for the next round's pool. The far rule keeps the
+    run's baseline classifier as its reference."""
     if not job.scorecard.each_round:
-        return None
+        return None, []
     this = round_job(job, round_index, model_path)
     this = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(job.run.classifier_file)),
                                scorecard=dataclasses.replace(job.scorecard, model=str(model_path)))
     ensure_writable_dir(this.run.run_dir, "run.output_dir")
-    card = run_scorecard_on_ray(this, progress).to_dict()
+    card = run_scorecard_on_ray(this, progress, this.run.store_dir if job.scorecard.pool else None).to_dict()
     kept = ("samples", "successes", "success_rate", "near_share", "evaluations_per_success", "seconds_per_success")
-    return {row["family"]: {name: row[name] for name in kept} for row in card["families"]}
+    return ({row["family"]: {name: row[name] for name in kept} for row in card["families"]},
+            list(card["stores"].values()))
+
+
+def held_out_by_family(split) -> dict[str, torch.Tensor]:
+    """The held-out counterfeits of each family (store `method`) as their own OOD set, where the pool has
+    more than one family; the pooled set stays `counterfeits_held_out`."""
+    families = sorted(set(split.eval_methods))
+    if len(families) < 2:
+        return {}
+    methods = np.asarray(split.eval_methods)
+    return {f"{HELD_OUT}:{family}": split.eval_images[torch.from_numpy(methods == family)] for family in families}
 
 
 def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -99,24 +112,31 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     device = default_device()
     real_ood = real_ood_images(dataset.image_shape, cfg.real_ood_per_set, cfg.seed)
     per_class = job.generate.per_class
+    far = fit_far_rule(job.far, dataset, baseline_path)  # a re-attack success must be far, as on the scorecard
 
-    def evaluate(model, reject: bool, held_out: torch.Tensor) -> Evaluation:
+    def evaluate(model, reject: bool, split) -> Evaluation:
         return evaluate_classifier(model.to(device), reject, dataset.test_images, dataset.test_labels,
-                                   {HELD_OUT: held_out, **real_ood}, cfg.score, device)
+                                   {HELD_OUT: split.eval_images, **held_out_by_family(split), **real_ood}, cfg.score,
+                                   device)
 
-    baseline_eval = evaluate(baseline, False, first_split.eval_images)
+    # The baseline's scorecard first: its families join the pool, and the baseline is judged on the same
+    # held-out rows (per family) as round 1.
+    baseline_card, scorecard_stores = round_scorecard(job, 0, baseline_path, progress)
+    pool = list(stores) + scorecard_stores
+    pool_split = split_counterfeits(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
+                                    cfg.split_seed) if scorecard_stores else first_split
+    baseline_eval = evaluate(baseline, False, pool_split)
     attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset)
     rows = [{"round": 0, "model": str(baseline_path), "classifier_sha256": info.sha256,
-             "counterfeits_train": len(first_split.train_ids), "counterfeits_held_out": len(first_split.eval_ids),
+             "counterfeits_train": len(pool_split.train_ids), "counterfeits_held_out": len(pool_split.eval_ids),
              **baseline_eval.to_dict(),
              "attack": attack_success_rate(baseline, False, attack_images, attack_targets,
                                            baseline_eval.primary_score, baseline_eval.ood_threshold,
-                                           job.keep.confidence_bar, device=device)}]
-    rows[0]["scorecard"] = round_scorecard(job, 0, baseline_path, progress)
+                                           job.keep.confidence_bar, device=device, far=far),
+             "scorecard": baseline_card}]
     progress(f"[harden] baseline: clean accuracy {baseline_eval.clean_accuracy:.4f}, "
              f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
     evaluations = [baseline_eval]
-    pool = list(stores)
     hardened_path = baseline_path
     for round_index in range(1, cfg.rounds + 1):
         this = round_job(job, round_index, baseline_path)
@@ -132,14 +152,18 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
                                                    f"{this.run.run_id}-harden")
         hardened, _ = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
         reject = hardened_info.reject_class
-        evaluation = evaluate(hardened, reject, split.eval_images)
+        if hardened_info.guard and hardened_info.guard["cap"] >= job.keep.confidence_bar:
+            progress(f"[harden] note: the data guard caps far images at {hardened_info.guard['cap']:.4g}, at or "
+                     f"above keep.confidence_bar {job.keep.confidence_bar}: far images can still reach the bar "
+                     "(lower harden.guard_cap below the bar for the guarantee)")
+        evaluation = evaluate(hardened, reject, split)
         progress(f"[harden] round {round_index}: re-attacking the hardened classifier")
         attacker = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(hardened_path)))
         train_method(attacker)
         images, targets = sample_attack(attacker, attacker.run.generator_file(job.generate.method), per_class,
                                         dataset)
         attack = attack_success_rate(hardened, reject, images, targets, evaluation.primary_score,
-                                     evaluation.ood_threshold, job.keep.confidence_bar, device=device)
+                                     evaluation.ood_threshold, job.keep.confidence_bar, device=device, far=far)
         try:
             generated = generate_from_file(attacker, progress=False)
             pool.append(str(Path(generated.store_file)))
@@ -149,10 +173,12 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
                 raise
             kept = 0
         rows.append({"round": round_index, "model": str(hardened_path), "classifier_sha256": hardened_info.sha256,
+                     "guard": hardened_info.guard,
                      "counterfeits_train": len(split.train_ids), "counterfeits_held_out": len(split.eval_ids),
                      "final_train_loss": metrics.get("train_loss"), **evaluation.to_dict(),
-                     "attack": {**attack, "kept_for_next_round": kept},
-                     "scorecard": round_scorecard(job, round_index, hardened_path, progress)})
+                     "attack": {**attack, "kept_for_next_round": kept}})
+        rows[-1]["scorecard"], scorecard_stores = round_scorecard(job, round_index, hardened_path, progress)
+        pool += scorecard_stores
         evaluations.append(evaluation)
         progress(f"[harden] round {round_index}: clean accuracy {evaluation.clean_accuracy:.4f}, held-out AUROC "
                  f"{rows[-1]['ood'][HELD_OUT][evaluation.primary_score]['auroc']:.4f}, re-attack success "

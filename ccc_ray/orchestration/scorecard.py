@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 
-from ccc_ray.counterfeits.far import fit_far_rule
+from ccc_ray.counterfeits.far import FarFromData, fit_far_rule
+from ccc_ray.counterfeits.keep import score_as_stored
+from ccc_ray.counterfeits.quality import dequantize, nearest_distances
 from ccc_ray.counterfeits.scorecard import (
     DeployedThreshold,
     FamilyAttack,
@@ -37,6 +40,7 @@ from ccc_ray.methods import method_class
 from ccc_ray.orchestration.ray_runtime import ensure_ray, resolve_use_gpu, training_failed
 from ccc_ray.reporting import render_scorecard_md, scorecard_png
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
+from ccc_ray.store.writer import CounterfeitWriter, counterfeit_batch
 
 
 def load_model_under_test(path: str | Path, dataset: ImageDataset):
@@ -66,8 +70,35 @@ def family_task(method_cls, config, target: AttackTarget, decision: DeployedThre
                          device)
 
 
-def run_scorecard_on_ray(job: JobConfig, progress=print) -> Scorecard:
-    """Every applicable family as a Ray task against `scorecard.model` (default: the run's classifier)."""
+def write_family_store(attack: FamilyAttack, classifier_fn, target: AttackTarget, far: FarFromData,
+                       dataset: ImageDataset, confidence_bar: float, store_dir: Path | str, run_id: str) -> str | None:
+    """A family's counterfeits, the samples confident on their target AND far from the data (whether or not
+    the model's OOD score accepted them), to one store file with their lineage; None if it made none.
+
+    This is how every family enters the hardening pool: the next round trains on (and holds out) them like
+    the run's own counterfeits. Row ids follow (run id, family, seed, sample index), so a re-run replaces.
+    """
+    scored = score_as_stored(attack.images, attack.targets, classifier_fn, confidence_bar, "cpu")
+    keep = scored.kept & far.is_far(scored.stored) if len(attack.targets) else scored.kept
+    if not bool(keep.any()):
+        return None
+    stored = scored.stored[keep]
+    near = nearest_distances(dequantize(stored), dataset.train_images)
+    metadata = {"stage": "scorecard", "family": attack.family, "budget": attack.budget, "model": target.path}
+    with CounterfeitWriter(store_dir, attack.family, run_id, metadata, list(dataset.class_names)) as writer:
+        writer.write(counterfeit_batch(
+            stored.permute(0, 2, 3, 1).contiguous().numpy(), attack.targets[keep].numpy(),
+            scored.predicted[keep].numpy(), scored.confidence[keep].numpy(), near.numpy(),
+            torch.nonzero(keep).squeeze(1).numpy(), run_id=run_id, method=attack.family,
+            classifier_sha256=target.sha256, seed=int(attack.budget.get("seed", 0))))
+    return str(writer.path)
+
+
+def run_scorecard_on_ray(job: JobConfig, progress=print, store_dir: Path | str | None = None) -> Scorecard:
+    """Every applicable family as a Ray task against `scorecard.model` (default: the run's classifier).
+
+    With `store_dir`, each family's counterfeits (confident and far) are also written there, one store file
+    per family (`Scorecard.stores`), for hardening to pool."""
     cfg = job.scorecard
     dataset = load_dataset(job.data)
     target, classifier_fn = load_model_under_test(cfg.model or job.run.classifier_file, dataset)
@@ -88,20 +119,26 @@ def run_scorecard_on_ray(job: JobConfig, progress=print) -> Scorecard:
     pending = {family_task.options(num_cpus=cfg.cpus_per_task, num_gpus=1 if use_gpu else 0).remote(
         method_class(name), configs[name], target_ref, decision, job.data, cfg.per_class, cfg.seed,
         job.keep.confidence_bar, "cuda" if use_gpu else "cpu", threads): name for name in families}
-    rows = {}
+    rows, stores = {}, {}
     try:
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             attack: FamilyAttack = ray.get(done[0])
             rows[attack.family] = judge_family(attack, classifier_fn, decision, far, job.keep.confidence_bar)
+            if store_dir is not None:
+                stored_file = write_family_store(attack, classifier_fn, target, far, dataset, job.keep.confidence_bar,
+                                                 store_dir, f"{job.run.run_id}-scorecard")
+                if stored_file is not None:
+                    stores[attack.family] = stored_file
             row = rows[attack.family]
             progress(f"[scorecard] {row.family}: {row.successes}/{row.samples} successes, near share "
                      f"{row.near_share:.1%}, {row.evaluations:,} evaluations, {row.seconds:.1f} s")
     except ray.exceptions.RayError as error:
         raise training_failed(error, "scorecard") from None
     card = Scorecard(target.path, target.kind, target.sha256, job.keep.confidence_bar, decision, far.describe(),
-                     dataclasses.asdict(cfg), [rows[name] for name in families], time.perf_counter() - start)
+                     dataclasses.asdict(cfg), [rows[name] for name in families], time.perf_counter() - start,
+                     {name: stores[name] for name in families if name in stores})
     write_scorecard(card, run_dir)
     return card
 

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def ray_cluster():
-    """In-process Ray, shut down right after its test so no other local cluster overlaps it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_direct_encoding_attack_writes_confident_counterfeits_with_lineage(
         ray_cluster, capsys, tmp_path, digits, digits_classifier_file):
     argv = ["attack", "--run.output_dir", str(tmp_path), "--run.classifier_path", str(digits_classifier_file),

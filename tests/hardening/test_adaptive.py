@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from ccc_ray.errors import CccError
-from ccc_ray.hardening.adaptive import (AdaptiveOutliers, far_distance, far_from_data, hardest_outliers,
-                                        pgd_toward_classes)
+from ccc_ray.counterfeits.far import PIXELS, FarFromData
+from ccc_ray.hardening.adaptive import AdaptiveOutliers, hardest_outliers, pgd_toward_classes
 from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
@@ -18,16 +18,9 @@ def tiny_classifier(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, K + 1))
 
 
-def test_far_distance_is_the_quantile_of_real_held_out_distances():
-    train = torch.zeros(2, *SHAPE)
-    held = torch.stack([torch.full(SHAPE, v) for v in (0.0, 0.25, 0.5, 0.75)])  # distances 0, 1, 2, 3
-    assert far_distance(held, train, quantile=1.0) == pytest.approx(3.0)
-    assert far_distance(held, train, quantile=0.5) == pytest.approx(1.5)
-    far = far_distance(held, train)
-    mask = far_from_data(torch.stack([torch.full(SHAPE, 0.1), torch.ones(SHAPE)]), train, far)
-    assert mask.tolist() == [False, True]  # a near image may never be labelled reject
-    with pytest.raises(CccError, match="empty"):
-        far_distance(torch.empty(0, *SHAPE), train)
+def far_from_zeros(radius: float) -> FarFromData:
+    """The far rule with an all-zero training set: far = L2 norm >= radius."""
+    return FarFromData(PIXELS, radius, 95.0, torch.zeros(3, 16))
 
 
 def test_hardest_outliers_are_those_the_classifier_rejects_least():
@@ -57,7 +50,7 @@ def adaptive_outliers(model, attacker_steps=1, far=0.0, counterfeits=None, pgd_s
     context = MethodContext(SHAPE, K, model, "cpu", 0.99)
     inversion = NetworkInversion(InversionConfig(seed=0, latent_dim=4, embed_dim=4, base_channels=8), context)
     counterfeits = torch.rand(5, *SHAPE) if counterfeits is None else counterfeits
-    return AdaptiveOutliers(inversion, counterfeits, torch.zeros(3, *SHAPE), far, count=6, mine_pool=mine_pool,
+    return AdaptiveOutliers(inversion, counterfeits, SHAPE, far_from_zeros(far), count=6, mine_pool=mine_pool,
                             attacker_steps=attacker_steps, pgd_steps=pgd_steps, pgd_epsilon=0.05)
 
 
@@ -82,7 +75,7 @@ def test_only_far_outliers_are_returned():
                                counterfeits=torch.ones(5, *SHAPE))
     outliers = source.outliers(model, torch.Generator().manual_seed(0), "cpu")
     assert len(outliers) <= 6
-    assert bool(far_from_data(outliers, torch.zeros(3, *SHAPE), 3.5).all())
+    assert len(outliers) and bool((outliers.flatten(1).norm(dim=1) >= 3.5).all())
 
 
 def test_outliers_are_seeded_and_the_attacker_state_round_trips():
@@ -100,7 +93,7 @@ def test_outliers_are_seeded_and_the_attacker_state_round_trips():
 
 def test_bad_settings_are_refused():
     with pytest.raises(CccError, match="mine_pool"):
-        AdaptiveOutliers(None, torch.rand(2, *SHAPE), torch.zeros(1, *SHAPE), 0.0, count=4, mine_pool=0,
+        AdaptiveOutliers(None, torch.rand(2, *SHAPE), SHAPE, far_from_zeros(0.0), count=4, mine_pool=0,
                          attacker_steps=0, pgd_steps=0, pgd_epsilon=0.1)
 
 

@@ -17,15 +17,6 @@ from ccc_ray.store import CounterfeitWriter, counterfeit_batch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def noise_store(folder: Path, n: int = 40) -> str:
     images = np.random.default_rng(0).integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
     targets = np.arange(n) % 10

@@ -14,16 +14,6 @@ from ccc_ray.export.onnx_export import export_onnx
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def ray_cluster():
-    """In-process Ray, shut down right after its test so no other local cluster overlaps it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_white_and_black_box_scorecards_write_json_markdown_and_chart(ray_cluster, capsys, tmp_path, digits,
                                                                       digits_classifier_file):

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ccc_ray import cli
+from ccc_ray.classifiers.guard import DataGuard
 from ccc_ray.classifiers.preprocessing import user_model
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.data.sources import DataConfig, load_dataset
@@ -148,8 +149,12 @@ def test_users_model_is_hardened_without_retraining(tmp_path, capsys, ray_starte
     raw = stored / 255 * spec.input_range
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"images": raw.numpy().astype(np.float32)})
+    assert isinstance(hardened, DataGuard)  # default harden.guard auto: on for images this small
     with torch.no_grad():
-        expected = user_model(hardened)(spec.pipeline(raw)).softmax(1)
+        # the user's pipeline in front of the user's model is what the hardened model runs inside its guard
+        users = user_model(hardened.classifier)(spec.pipeline(raw))
+        assert (users - hardened.classifier(stored / 255)).abs().max() <= 1e-4
+        expected = hardened(stored / 255).softmax(1)
     assert (torch.from_numpy(logits).softmax(1) - expected).abs().max() <= 1e-5
 
     # `ccc-ray predict` on image files reads [0, 1] pixels and gets the same answer.
