@@ -29,7 +29,7 @@ from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.counterfeits.generate import generate_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, reject_class_loss
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.methods.direct_encoding import DirectEncoding, DirectEncodingConfig
 from ccc_ray.methods import MethodContext
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion

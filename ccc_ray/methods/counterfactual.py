@@ -35,7 +35,7 @@ from torch import nn
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.config import option
 from ccc_ray.errors import CccError
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.methods.base import MethodContext, Sampled, TrainedMethod, TrainingSchedule
 
 

@@ -26,7 +26,7 @@ from ccc_ray.data.sources import load_dataset
 from ccc_ray.hardening.adaptive import AdaptiveOutliers, noise_images
 from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.errors import CccError
 from ccc_ray.job import HardenSettings, JobConfig
 from ccc_ray.methods.base import MethodContext

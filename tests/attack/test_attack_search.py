@@ -103,7 +103,7 @@ def test_gradient_ascent_reaches_the_threshold_on_the_stored_image(digits, digit
 def test_a_reject_class_model_is_attacked_on_its_real_classes(digits, digits_classifier_file, tmp_path):
     """A hardened model has K + 1 outputs; the confidence of a class is its softmax over all of them."""
     from ccc_ray.classifiers.weights import save_classifier
-    from ccc_ray.hardening.widen import widen_classifier
+    from ccc_ray.classifiers.widen import widen_classifier
 
     model, info = load_classifier(digits_classifier_file)
     widened = widen_classifier(model, info.image_shape)

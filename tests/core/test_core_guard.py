@@ -16,7 +16,7 @@ from ccc_ray.classifiers.weights import load_classifier, save_classifier
 from ccc_ray.counterfeits.quality import nearest_distances
 from ccc_ray.errors import CccError
 from ccc_ray.export.onnx_export import check_parity, export_onnx
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 
 torch.set_num_threads(1)
 NAMES = [str(i) for i in range(10)]

@@ -65,7 +65,7 @@ def test_a_search_against_the_wrapper_stops_only_where_the_deployed_model_is_foo
     from ccc_ray.classifiers.weights import load_classifier
     from ccc_ray.counterfeits.keep import score_as_stored
     from ccc_ray.counterfeits.search import AttackRun, build_search, search_run
-    from ccc_ray.hardening.widen import widen_classifier
+    from ccc_ray.classifiers.widen import widen_classifier
     from ccc_ray.methods.direct_encoding import DirectEncodingConfig, DirectEncodingEvolution
 
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from ccc_ray.classifiers.weights import fingerprint
 from ccc_ray.errors import CccError
 from ccc_ray.export.onnx_export import check_parity, export_onnx
 from ccc_ray.export.onnx_runtime import OnnxClassifier
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)

@@ -18,7 +18,7 @@ from ccc_ray.classifiers.build import ClassifierConfig, build_classifier
 from ccc_ray.classifiers.preprocessing import user_model
 from ccc_ray.export.onnx_export import check_parity, export_onnx
 from ccc_ray.export.onnx_runtime import OnnxClassifier
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 
 torch.set_num_threads(1)
 NAMES = [str(i) for i in range(10)]

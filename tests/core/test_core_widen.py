@@ -5,7 +5,7 @@ from torch import nn
 from ccc_ray.classifiers.small_cnn import SmallCNN
 from ccc_ray.errors import CccError
 from ccc_ray.hardening.losses import reject_class_loss
-from ccc_ray.hardening.widen import widen_classifier
+from ccc_ray.classifiers.widen import widen_classifier
 
 torch.set_num_threads(1)
 
