@@ -91,6 +91,10 @@ def render_report_md(report: dict) -> str:
         aurocs = " | ".join(_num(row["ood"][name][used]["auroc"]) if name in row["ood"] else "-" for name in sets)
         lines.append(f"| {row['round']} | {_pct(row['clean_accuracy'])} | {aurocs} | "
                      f"{_pct(row['ood'][sets[0]][used]['fpr95'])} | {_pct(row['attack']['success_rate'])} |")
+    if report.get("stopped_after_round"):
+        lines += ["", f"Asked for {report['rounds_asked']} rounds; stopped after round {report['stopped_after_round']}: "
+                      "no attack of that round found a far counterfeit, so another round would train on the same "
+                      "pool and repeat it."]
     lines += ["", "Re-attack success: share of a fresh generator's samples against that round's model that reach "
               f"confidence >= {report.get('confidence_bar', 0.99)} (the keep rule's bar) on their target on the "
               "stored image, pass the OOD score's 95%-TPR acceptance threshold and lie far from the data (the far "

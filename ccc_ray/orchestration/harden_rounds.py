@@ -138,7 +138,18 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
              f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
     evaluations = [baseline_eval]
     hardened_path = baseline_path
+    previous_pool: list[str] | None = None
+    stopped_after = None
     for round_index in range(1, cfg.rounds + 1):
+        if previous_pool is not None and sorted(pool) == sorted(previous_pool):
+            # Every round fine-tunes the baseline on the pool with the same seed: an unchanged pool gives the
+            # same model and the same attacks again. Say so and stop, rather than repeat the work.
+            stopped_after = round_index - 1
+            progress(f"[harden] round {round_index}/{cfg.rounds}: no attack of round {stopped_after} found a far "
+                     f"counterfeit, so the pool is unchanged and the round would repeat round {stopped_after}; "
+                     "stopping here")
+            break
+        previous_pool = list(pool)
         this = round_job(job, round_index, baseline_path)
         round_dir = ensure_writable_dir(this.run.run_dir, "run.output_dir")
         hardened_path = round_dir / "classifier-hardened.safetensors"
@@ -186,6 +197,7 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     report = {"run_id": job.run.run_id, "data": job.data.name, "mode": cfg.mode, "score": cfg.score,
               "confidence_bar": job.keep.confidence_bar,
               "baseline": str(baseline_path), "hardened": str(hardened_path), "rounds": rows,
+              "rounds_asked": cfg.rounds, "stopped_after_round": stopped_after,
               "real_ood_sets": sorted(real_ood)}
     report["export"] = export_hardened(job, hardened_path, evaluations[-1], dataset, first_split)
     write_artifacts(job, report, evaluations, dataset, run_dir)

@@ -141,7 +141,8 @@ def test_a_method_defined_outside_the_package_runs_through_every_stage(ray_clust
     assert "tiny_plugin:" in (out / "default" / "tune-best.yaml").read_text()
 
     # Harden on the plug-in's counterfeits; its re-attack trains the plug-in again against the hardened model.
-    run("harden", *common, "--run.output_dir", str(out), "--harden.epochs", "1", "--harden.reattack_steps", "20",
+    run("harden", *common, "--run.output_dir", str(out), "--scorecard.each_round", "false", "--harden.epochs", "1",
+        "--harden.reattack_steps", "20",
         "--harden.real_ood_per_set", "20", "--generate.per_class", "10", "--keep.confidence_bar", "0.5")
     report = json.loads((out / "default" / "report.json").read_text())
     assert report["confidence_bar"] == 0.5 and len(report["rounds"]) == 2

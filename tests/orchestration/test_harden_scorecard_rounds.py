@@ -1,5 +1,6 @@
-"""`ccc-ray harden` with a scorecard per round: every family joins the pool, held-out AUROC per family, and a
-guarded model that no family fools far from the data (reduced budgets; one round)."""
+"""`ccc-ray harden` with a scorecard per round: every family joins the pool, held-out AUROC per family, a
+guarded model that no family fools far from the data, and a loop that stops once the pool stops changing
+(reduced budgets)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def test_every_family_joins_the_pool_and_the_guarded_round_is_not_fooled_far(ray
     # A bar of 0.9 the 3-epoch test classifier can be fooled at, and a guard cap below it: the guarantee.
     code = cli.main(["harden", "--run.output_dir", str(tmp_path), "--run.run_id", "card",
                      "--keep.confidence_bar", "0.9", "--harden.guard_cap", "0.85", "--harden.epochs", "1",
+                     "--harden.rounds", "2",
                      "--harden.outliers_per_step", "16", "--harden.pgd_steps", "2", "--harden.reattack_steps", "5",
                      "--harden.real_ood_per_set", "20", "--inversion.batch_size", "32",
                      "--scorecard.per_class", "2", "--scorecard.generator_steps", "5",
@@ -69,3 +71,8 @@ def test_every_family_joins_the_pool_and_the_guarded_round_is_not_fooled_far(ray
     assert hardened["guard"]["edge_distance"] < hardened["guard"]["reject_distance"]
     assert all(row["successes"] == 0 for row in hardened["scorecard"].values()), hardened["scorecard"]
     assert "Attack scorecard per round" in (run / "report.md").read_text()
+
+    # Nothing far and confident was found against round 1, so the pool did not change: round 2 would repeat
+    # round 1, and the loop says so and stops.
+    assert report["stopped_after_round"] == 1 and report["rounds_asked"] == 2
+    assert not (run / "rounds" / "card.r2").exists()

@@ -21,7 +21,8 @@ def test_reduced_pipeline_writes_every_artifact(tmp_path):
             "--run.run_id", "e2e", "--classifier.epochs", "8", "--inversion.steps", "150",
             "--inversion.batch_size", "128", "--run.checkpoint_every", "50", "--generate.per_class", "20",
             "--keep.confidence_bar", "0.9", "--harden.epochs", "3", "--harden.reattack_steps", "60",
-            "--harden.real_ood_per_set", "50", "--rounds", "1"]
+            "--harden.real_ood_per_set", "50", "--rounds", "1", "--scorecard.per_class", "1",
+            "--scorecard.generator_steps", "5", "--scorecard.generations", "3", "--gradient_ascent.steps", "10"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "e2e"
@@ -30,7 +31,9 @@ def test_reduced_pipeline_writes_every_artifact(tmp_path):
         assert (run / name).is_file(), name
     report = json.loads((run / "report.json").read_text())
     assert [row["round"] for row in report["rounds"]] == [0, 1]
-    assert set(report["rounds"][1]["ood"]) == {"counterfeits_held_out", "photo_patches", "letters"}
+    assert all(row["scorecard"] for row in report["rounds"])  # the scorecard of every round, by default
+    assert report["rounds"][1]["guard"]["reference_images"] > 1000  # the default data guard, fitted
+    assert {"counterfeits_held_out", "photo_patches", "letters"} <= set(report["rounds"][1]["ood"])
     parity = report["export"]["parity_max_abs_probability_difference"]
     assert max(parity.values()) <= 1e-5
     assert "| 1 |" in (run / "report.md").read_text()

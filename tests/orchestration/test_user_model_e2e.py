@@ -131,7 +131,8 @@ def test_users_model_is_hardened_without_retraining(tmp_path, capsys, ray_starte
     assert record["test_accuracy"] > 0.5  # the user's training, kept: ccc-ray did not train it
     ccc_ray("train-generator", *common, *generator, "--inversion.steps", "30", "--keep.confidence_bar", "0.5")
     ccc_ray("generate", *common, *keep)
-    ccc_ray("harden", *common, *keep, *generator, "--harden.epochs", "1", "--harden.reattack_steps", "10",
+    ccc_ray("harden", *common, *keep, *generator, "--scorecard.each_round", "false", "--harden.epochs", "1",
+            "--harden.reattack_steps", "10",
             "--harden.noise_images", "50", "--harden.real_ood_per_set", "10")
     capsys.readouterr()
 

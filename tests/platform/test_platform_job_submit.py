@@ -31,7 +31,8 @@ RAY = str(Path(sys.executable).parent / "ray")
 # The reduced settings: every stage runs, each for seconds.
 REDUCED = ["--classifier.epochs", "3", "--inversion.steps", "40", "--inversion.batch_size", "128",
            "--run.checkpoint_every", "20", "--generate.per_class", "5", "--keep.confidence_bar", "0.3",
-           "--harden.epochs", "1", "--harden.reattack_steps", "10", "--harden.real_ood_per_set", "20"]
+           "--harden.epochs", "1", "--harden.reattack_steps", "10", "--harden.real_ood_per_set", "20",
+           "--scorecard.each_round", "false"]
 
 
 def free_port() -> int:
