@@ -9,6 +9,7 @@ Ray loop wraps them, and `benchmarks/adaptive_hardening.py` runs them in one pro
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ class HardeningParts:
 def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, counterfeits: torch.Tensor,
                     far: FarFromData, device, world: int = 1, confidence_bar: float = 0.99) -> HardeningParts:
     """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`."""
+    if cfg.mode == "auto":
+        raise CccError("harden.mode auto is made concrete per data set first (with_concrete_mode)")
     torch.manual_seed(cfg.seed)
     model = hardening_model(baseline, cfg.mode, dataset.image_shape).to(device)
     k = dataset.num_classes
@@ -182,6 +185,16 @@ def fine_tune_in_process(baseline: torch.nn.Module, cfg: HardenSettings, dataset
     return parts.model.eval()
 
 
+def with_concrete_mode(job: JobConfig, image_shape: tuple[int, int, int]) -> JobConfig:
+    """`harden.mode auto` made concrete for images of `image_shape`: reject behind the data guard where the
+    guard applies (it refuses far images by construction; adaptive training would only cost clean
+    accuracy), adaptive where it does not."""
+    if job.harden.mode != "auto":
+        return job
+    mode = "reject" if guard_applies(job, image_shape) else "adaptive"
+    return dataclasses.replace(job, harden=dataclasses.replace(job.harden, mode=mode))
+
+
 def guard_applies(job: JobConfig, image_shape: tuple[int, int, int]) -> bool:
     """Whether `harden.guard` puts a data guard around the hardened model for images of `image_shape`."""
     guard = job.harden.guard
@@ -200,6 +213,7 @@ def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
 def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], output: Path, name: str) -> tuple[ClassifierInfo, dict]:
     """Fine-tune the classifier at `baseline_path` with the counterfeits of `stores`; write it to `output`."""
     dataset = load_dataset(job.data)
+    job = with_concrete_mode(job, dataset.image_shape)
     if not baseline_path.is_file():
         raise CccError(f"run.classifier_path: {str(baseline_path)!r} does not exist; run `ccc-ray train-classifier` first")
     raw = baseline_path.read_bytes()

@@ -29,7 +29,7 @@ from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
 from ccc_ray.orchestration.generation import generate_from_file
-from ccc_ray.orchestration.harden_classifier import harden_classifier
+from ccc_ray.orchestration.harden_classifier import harden_classifier, with_concrete_mode
 from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
@@ -96,8 +96,9 @@ def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.nd
 
 def run_hardening(job: JobConfig, progress=print) -> dict:
     """Every round, then export; returns report.json's content (also written to the run folder)."""
-    cfg = job.harden
     dataset = load_dataset(job.data)
+    job = with_concrete_mode(job, dataset.image_shape)
+    cfg = job.harden
     baseline_path = job.run.classifier_file
     baseline, info = load_classifier(baseline_path, dataset.image_shape, dataset.num_classes)
     stores = [store if "://" in store else str(Path(store).absolute()) for store in cfg.stores] \

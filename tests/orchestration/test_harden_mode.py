@@ -1,0 +1,27 @@
+"""`harden.mode auto`: reject behind the data guard where the guard applies, adaptive where it does not."""
+
+import pytest
+
+from ccc_ray.errors import CccError
+from ccc_ray.job import load_job
+from ccc_ray.orchestration.harden_classifier import guard_applies, hardening_parts, with_concrete_mode
+
+
+@pytest.mark.parametrize("overrides, shape, mode, guarded", [
+    ({}, (1, 8, 8), "reject", True),  # digits: pixel space, the guard applies
+    ({}, (3, 32, 32), "adaptive", False),  # 3,072 values: above far.auto_pixel_limit, no guard
+    ({"harden.guard": "off"}, (1, 8, 8), "adaptive", False),
+    ({"harden.guard": "pixels"}, (3, 32, 32), "reject", True),
+    ({"harden.mode": "adaptive"}, (1, 8, 8), "adaptive", True),  # an explicit mode is kept
+    ({"harden.mode": "oe", "harden.guard": "off"}, (1, 8, 8), "oe", False),
+])
+def test_auto_mode_follows_the_guard(overrides, shape, mode, guarded):
+    job = load_job(None, overrides)
+    assert job.harden.mode == overrides.get("harden.mode", "auto")
+    assert with_concrete_mode(job, shape).harden.mode == mode
+    assert guard_applies(job, shape) is guarded
+
+
+def test_an_unresolved_auto_mode_never_trains(digits):
+    with pytest.raises(CccError, match="auto"):
+        hardening_parts(load_job(None, {}).harden, None, digits, None, None, "cpu")
