@@ -84,6 +84,16 @@ class GenerateSettings:
     num_actors: int = option(0, "Ray Data actors that sample and score (each holds the generator and classifier "
                                 "once); 0 = in this process below 20,000 samples, else one per CPU (GPU)", ge=0)
     cpus_per_actor: float = option(1.0, "CPUs reserved per Ray Data actor", gt=0)
+    sources: list[str] = option([], "translate these real images instead of sampling per class (methods that start "
+                                    "from an image, e.g. counterfactual): rows of the run's data (test:12, "
+                                    "train:5) or image files of the data's exact size; needs --generate.targets; "
+                                    "written to the store as run <run_id>-sources")
+    targets: list[int] = option([], "with --generate.sources: one target class per source, never the source's own")
+
+    def validate(self) -> None:
+        if len(self.sources) != len(self.targets):
+            raise CccError(f"generate.targets: give one target class per source ({len(self.sources)} source(s), "
+                           f"{len(self.targets)} target(s))")
 
 
 @dataclass

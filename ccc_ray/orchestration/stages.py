@@ -14,7 +14,7 @@ from ccc_ray.counterfeits.search import summary_line as attack_summary_line
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.orchestration.generation import generate_from_file
+from ccc_ray.orchestration.generation import generate_from_file, generate_from_sources
 from ccc_ray.orchestration.harden_rounds import run_hardening
 from ccc_ray.orchestration.import_classifier import import_classifier
 from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
@@ -55,7 +55,7 @@ def train_generator_stage(job: JobConfig, progress=print_flush) -> dict:
 
 
 def generate_stage(job: JobConfig, progress=print_flush) -> GenerateReport:
-    report = generate_from_file(job)
+    report = generate_from_sources(job) if job.generate.sources else generate_from_file(job)
     progress(generate_summary_line(report))
     return report
 

@@ -14,6 +14,7 @@ Seeded: the same seed gives the same random starts, so the same numbers on the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +38,15 @@ class PgdSettings:
 
 
 def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float,
-               settings: PgdSettings | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               settings: PgdSettings | None = None, generator: torch.Generator | None = None,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Adversarial images (N x C x H x W in [0, 1], within `epsilon` in L-inf) raising the true-class loss.
 
     The model is used as given (call `.eval()` first for dropout-free gradients); its weights get no grads.
-    `generator` (on the images' device) draws the random start.
+    `generator` (on the images' device) draws the random start. `loss_fn(logits, labels)`, a summed loss to
+    raise, replaces the cross-entropy (e.g. `wrong_class_loss`: an attacker who wants a wrong class, not "fake").
     """
+    loss_fn = loss_fn or (lambda logits, truth: F.cross_entropy(logits, truth, reduction="sum"))
     settings = settings or PgdSettings()
     if epsilon < 0:
         raise CccError(f"PGD epsilon must be >= 0, got {epsilon}")
@@ -56,11 +60,26 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
         adversarial = torch.max(torch.min(images + (2 * noise - 1) * epsilon, high), low)
     for _ in range(settings.steps):
         adversarial.requires_grad_(True)
-        loss = F.cross_entropy(model(adversarial), labels, reduction="sum")
+        loss = loss_fn(model(adversarial), labels)
         (gradient,) = torch.autograd.grad(loss, adversarial)
         with torch.no_grad():
             adversarial = torch.max(torch.min(adversarial + step_size * gradient.sign(), high), low)
     return adversarial.detach()
+
+
+def wrong_class_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """For a K + 1 model: the summed log-probability (softmax over all outputs) of the K - 1 wrong classes.
+
+    Raising it moves an image to some other class while keeping "fake"/reject low: the attacker of a
+    deployment where a reject output is an abstention, who wants a wrong class that is accepted, not a
+    rejection. On a K-output model it is the untargeted attack in another form.
+    """
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probabilities = logits.log_softmax(dim=1)[:, :num_classes]
+        wrong = log_probabilities.masked_fill(F.one_hot(labels, num_classes).bool(), float("-inf"))
+        return wrong.logsumexp(dim=1).sum()
+
+    return loss
 
 
 class ClassLogits(nn.Module):
