@@ -42,8 +42,9 @@ DESCRIPTIONS = {
                  "data, --far), the near share, evaluations and seconds per success; writes scorecard.json, "
                  "scorecard.md and scorecard.png to the run folder.",
     "robustness": "Accuracy under L-infinity PGD at each --robustness.epsilons for MODEL (a classifier file; "
-                  "a hardened or joint K + 1 model is attacked and scored on its class head); prints the table and "
-                  "writes robustness-<model>.json to the run folder.",
+                  "a hardened or joint K + 1 model is attacked and scored on its class head, or over all its outputs with "
+                  "--robustness.attack all_outputs or wrong_class, which add the shares rejected and wrong); prints "
+                  "the table and writes robustness-<model>.json to the run folder.",
     "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
                 "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }

@@ -184,12 +184,17 @@ class TuneSettings:
 @dataclass
 class RobustnessSettings:
     model: str | None = option(None, "classifier file to measure (default: run.classifier_path); a K + 1 model "
-                                     "(hardened or joint) is attacked and scored on its class head")
+                                     "(hardened or joint) is attacked as --robustness.attack says")
     epsilons: list[float] = option([0.0, 0.02, 0.05, 0.1], "L-infinity budgets, in pixel units of [0, 1]", ge=0, le=1)
     steps: int = option(10, "PGD steps per attack", ge=1)
     step_size: float | None = option(None, "PGD step size (default: 2.5 x epsilon / steps)", gt=0)
     samples: int = option(500, "test images attacked (the first of the run's test split)", ge=1)
     seed: int = option(0, "seed of PGD's random start")
+    attack: Literal["class_head", "all_outputs", "wrong_class"] = option(
+        "class_head", "threat model for a K + 1 model: class_head attacks and scores the K class logits; "
+                      "all_outputs attacks the true class's cross-entropy over every output (a reject verdict counts "
+                      "as the attack's success); wrong_class raises the wrong classes over every output (the attacker "
+                      "wants a wrong class accepted). The last two add the shares rejected and wrong")
 
 
 @dataclass

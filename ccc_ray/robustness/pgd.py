@@ -127,6 +127,46 @@ def accuracy_under_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return correct / len(images)
 
 
+ATTACKS = ("class_head", "all_outputs", "wrong_class")
+
+
+def pgd_outcomes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, num_classes: int,
+                 attack: str = "all_outputs", settings: PgdSettings | None = None) -> dict[str, float]:
+    """What a K + 1 model (reject / fake last) decides after PGD at `epsilon`, as shares of the images:
+    correct, rejected (the last output on top) and wrong (another class on top) over all outputs, and
+    `class_head`: the accuracy of the first K logits alone. `attack` is the threat model:
+    - class_head: PGD on the K class logits (an attacker who ignores the reject output);
+    - all_outputs: the true class's cross-entropy over all outputs (a rejection counts as the attack's success);
+    - wrong_class: `wrong_class_loss` (an attacker who wants a wrong class accepted, not a rejection).
+    Same random starts as `accuracy_under_pgd` for the same settings."""
+    if attack not in ATTACKS:
+        raise CccError(f"robustness.attack: {attack!r} is not one of {', '.join(ATTACKS)}")
+    settings = settings or PgdSettings()
+    _check_inputs(images, labels)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    target = ClassLogits(model, num_classes) if attack == "class_head" else model
+    loss_fn = wrong_class_loss(num_classes) if attack == "wrong_class" else None
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    counts = {"correct": 0, "rejected": 0, "wrong": 0, "class_head": 0}
+    try:
+        for start in range(0, len(images), settings.batch_size):
+            batch = images[start:start + settings.batch_size].to(device)
+            truth = labels[start:start + settings.batch_size].to(device).long()
+            adversarial = pgd_attack(target, batch, truth, epsilon, settings, generator, loss_fn)
+            with torch.no_grad():
+                logits = model(adversarial)
+            predicted = logits.argmax(dim=1)
+            counts["correct"] += int((predicted == truth).sum())
+            counts["rejected"] += int((predicted >= num_classes).sum())
+            counts["wrong"] += int(((predicted != truth) & (predicted < num_classes)).sum())
+            counts["class_head"] += int((logits[:, :num_classes].argmax(dim=1) == truth).sum())
+    finally:
+        model.train(was_training)
+    return {name: count / len(images) for name, count in counts.items()}
+
+
 def robustness_table(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
                      steps: int = 10, step_size: float | None = None, seed: int = 0,
                      random_start: bool = True, class_outputs: int | None = None) -> list[dict]:
