@@ -47,7 +47,7 @@ from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN, edit_map
 from ccc_ray.ood import ood_metrics, ood_score
-from ccc_ray.robustness import ClassLogits, PgdSettings, pgd_attack, robustness_table, wrong_class_loss
+from ccc_ray.robustness import PgdSettings, pgd_outcomes, robustness_table
 from ccc_ray.saliency import calibrated_iou, gradient_saliency, random_saliency
 
 EPSILONS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
@@ -123,32 +123,16 @@ def pgd_figures(method, data, run_classifier) -> dict:
                     for i, epsilon in enumerate(EPSILONS)]}
 
 
-def pgd_outcomes(model, images, labels, epsilon: float, k: int, attack: str) -> dict:
-    """Shares of correct / rejected ("fake" on top) / wrong-class predictions over all outputs after PGD, and
-    the class head's accuracy; `attack`: class_head, all_outputs (true-class cross-entropy) or wrong_class.
-    Same random starts as `robustness_table` (one generator seeded 0, eval mode, 10 steps)."""
-    model.eval()
-    net = ClassLogits(model, k) if attack == "class_head" else model
-    loss = wrong_class_loss(k) if attack == "wrong_class" else None
-    adversarial = pgd_attack(net, images, labels, epsilon, PgdSettings(steps=10, seed=0),
-                             torch.Generator().manual_seed(0), loss)
-    with torch.no_grad():
-        logits = model(adversarial)
-    predicted, head = logits.argmax(1), logits[:, :k].argmax(1)
-    share = lambda mask: round(float(mask.float().mean()), 4)  # noqa: E731
-    return {"correct": share(predicted == labels), "rejected": share(predicted >= k),
-            "wrong": share((predicted != labels) & (predicted < k)), "class_head": share(head == labels)}
-
-
 def threat_figures(method, data, run_classifier) -> dict:
     k = data.num_classes
     rows = []
     for epsilon in EPSILONS:
-        row = {"epsilon": epsilon,
-               "classifier": pgd_outcomes(run_classifier, data.test_images, data.test_labels, epsilon, k,
-                                          "all_outputs")}
+        # 10 steps, one random-start generator seeded 0, eval mode: the same starts as `robustness_table`.
+        outcomes = lambda model, attack: {name: round(value, 4) for name, value in pgd_outcomes(  # noqa: E731
+            model, data.test_images, data.test_labels, epsilon, k, attack, PgdSettings(steps=10, seed=0)).items()}
+        row = {"epsilon": epsilon, "classifier": outcomes(run_classifier, "all_outputs")}
         for attack in ("class_head", "all_outputs", "wrong_class"):
-            row[f"joint {attack}"] = pgd_outcomes(method.joint, data.test_images, data.test_labels, epsilon, k, attack)
+            row[f"joint {attack}"] = outcomes(method.joint, attack)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"threats": rows}
