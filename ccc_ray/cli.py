@@ -26,7 +26,8 @@ DESCRIPTIONS = {
                        "(Ray Train); re-running the same --run.run_id resumes from its last checkpoint.",
     "generate": "Sample counterfeits per class from the trained method's generator, keep those the keep rule keeps "
                 "(confidence >= --keep.confidence_bar on the stored uint8 image), and write them with their lineage "
-                "to the Parquet store.",
+                "to the Parquet store; with --generate.sources and --generate.targets, translate those images "
+                "instead (counterfactual).",
     "attack": "Search counterfeits per class with a search method (--attack.method: direct_encoding or cppn "
               "evolution, black box: the run's classifier or an ONNX model, --attack.onnx_path; gradient_ascent, "
               "white box) as Ray actors; keep by the keep rule and write them to the Parquet store.",
