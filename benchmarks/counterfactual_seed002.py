@@ -12,13 +12,22 @@ In one process, no Ray, CPU:
 4. OOD AUROC (in-distribution = digits test split positive) of the joint model's 1 - p(fake) beside max
    softmax, max logit and negative energy (joint model over its K class logits, and the plain classifier),
    on photo patches, letters, uniform noise and network-inversion counterfeits of the run's classifier;
+4b. (`ood_all`) the same detectors on held-out counterfeits of EVERY registered method against the run's
+   classifier, as `generate`/`attack` would store them (kept: confidence >= 0.99 on the stored image): the
+   scorecard's families at fixed budgets (cached with `--cache`, they depend only on the run's classifier)
+   and the trained method's own counterfactuals of test images; plus photo patches, letters and noise;
+3b. (`threats`) PGD under three threat models: the class head attacked (K logits); all K + 1 outputs
+   attacked with the true-class cross-entropy (a "fake" verdict counts as a success); and the wrong-class
+   attack (`wrong_class_loss`: raise the wrong classes, not "fake"), each split into correct / rejected
+   ("fake" on top) / wrong class;
 5. saliency on the defect set (`ccc_ray.data.defects`): the method trained on clean/defective digits, the
    mask of defective -> clean as saliency, against gradient saliency of a plain classifier, random maps
    and the image itself (brightness); thresholds picked on defective training images, IoU on defective
    test images.
 
     PYTHONPATH=. .venv/bin/python benchmarks/counterfactual_seed002.py --label default \
-        --results /tmp/cf002.jsonl [--set mask_weight=1.0 ...] [--parts digits,pgd,ood,defects]
+        --results /tmp/cf002.jsonl [--set mask_weight=1.0 ...] [--parts digits,pgd,threats,ood,ood_all,defects]
+        [--load-dir DIR: the state a --save-dir run kept, instead of training] [--cache FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.counterfactual import CounterfactualConfig, CounterfactualGAN, edit_map
 from ccc_ray.ood import ood_metrics, ood_score
-from ccc_ray.robustness import robustness_table
+from ccc_ray.robustness import PgdSettings, pgd_outcomes, robustness_table
 from ccc_ray.saliency import calibrated_iou, gradient_saliency, random_saliency
 
 EPSILONS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
@@ -114,6 +123,101 @@ def pgd_figures(method, data, run_classifier) -> dict:
                     for i, epsilon in enumerate(EPSILONS)]}
 
 
+def threat_figures(method, data, run_classifier) -> dict:
+    k = data.num_classes
+    rows = []
+    for epsilon in EPSILONS:
+        # 10 steps, one random-start generator seeded 0, eval mode: the same starts as `robustness_table`.
+        outcomes = lambda model, attack: {name: round(value, 4) for name, value in pgd_outcomes(  # noqa: E731
+            model, data.test_images, data.test_labels, epsilon, k, attack, PgdSettings(steps=10, seed=0)).items()}
+        row = {"epsilon": epsilon, "classifier": outcomes(run_classifier, "all_outputs")}
+        for attack in ("class_head", "all_outputs", "wrong_class"):
+            row[f"joint {attack}"] = outcomes(method.joint, attack)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"threats": rows}
+
+
+FAMILY_BUDGETS = {  # the scorecard's budgets (issue 12); per class: searches run one seeded run per sample
+    "inversion": ({"steps": 300}, 50),
+    "direct_encoding": ({"max_generations": 100}, 10),
+    "cppn": ({"max_generations": 100}, 10),
+    "gradient_ascent": ({}, 20),
+    "substrate_gan": ({}, 50),  # its own 2,000 steps: at 300 none of 500 reached 0.99
+}
+
+
+def family_counterfeits(data, run_classifier, cache: str | None) -> dict:
+    """Per scorecard family: (images, kept) against the run's classifier; kept = confidence >= 0.99 stored."""
+    import dataclasses
+    import os
+    from types import SimpleNamespace
+
+    from ccc_ray.counterfeits.keep import score_as_stored
+    from ccc_ray.counterfeits.quality import dequantize
+    from ccc_ray.counterfeits.scorecard import attack_family, deployed_threshold
+    from ccc_ray.methods import METHODS
+
+    if cache and os.path.exists(cache):
+        return torch.load(cache, weights_only=True)
+    run_classifier.eval().requires_grad_(False)
+    target = SimpleNamespace(kind="torch", reject_class=False, path="the run's classifier")
+    decision = deployed_threshold(target, run_classifier, data)
+    sets = {}
+    for family, (budget, per_class) in FAMILY_BUDGETS.items():
+        cls = METHODS[family]
+        config = dataclasses.replace(cls.config_class(), **budget)
+        start = time.time()
+        attack = attack_family(cls, config, run_classifier, decision, data, per_class, 0, 0.99)
+        scored = score_as_stored(attack.images, attack.targets, run_classifier, 0.99)
+        sets[family] = {"images": dequantize(attack.images), "kept": scored.kept}
+        print(f"  {family}: {int(scored.kept.sum())}/{len(scored.kept)} kept ({time.time() - start:.0f} s)",
+              flush=True)
+    run_classifier.requires_grad_(True)
+    if cache:
+        torch.save(sets, cache)
+    return sets
+
+
+def ood_all_figures(method, data, run_classifier, cache: str | None) -> dict:
+    from ccc_ray.counterfeits.keep import score_as_stored
+
+    sets, counts = {}, {}
+    for family, made in family_counterfeits(data, run_classifier, cache).items():
+        kept = made["kept"]
+        # Too few kept to measure: the method's raw samples instead, named so.
+        name = family if int(kept.sum()) >= 20 else f"{family} (all samples)"
+        sets[name] = made["images"][kept] if int(kept.sum()) >= 20 else made["images"]
+        counts[name] = [int(kept.sum()), len(kept)]
+    targets = torch.arange(500) % data.num_classes
+    counterfactuals = method.sample_with_lineage(targets, 0, data).images  # sources: test images, held out
+    kept = score_as_stored(counterfactuals, targets, run_classifier.eval(), 0.99).kept
+    sets["counterfactual"] = counterfactuals[kept]
+    counts["counterfactual"] = [int(kept.sum()), len(kept)]
+    sets |= real_ood_images(data.image_shape, 500, seed=0)
+    sets["uniform_noise"] = torch.rand(500, *data.image_shape, generator=torch.Generator().manual_seed(0))
+    table = {}
+    for detector, (model, score, reject) in detectors(method, run_classifier).items():
+        in_scores = ood_score(score, predict_logits(model, data.test_images), reject_class=reject)
+        table[detector] = {name: round(ood_metrics(in_scores, ood_score(score, predict_logits(model, images),
+                                                                         reject_class=reject))["auroc"], 4)
+                           for name, images in sets.items()}
+    return {"ood_all_auroc": table, "ood_all_counts": counts}
+
+
+def detectors(method, run_classifier) -> dict:
+    """name -> (model, score, reject_class)."""
+    return {
+        "joint 1-p(fake)": (method.joint, "not_reject", True),
+        "joint max_softmax": (method.joint, "max_softmax", True),
+        "joint max_logit": (method.joint, "max_logit", True),
+        "joint energy": (method.joint, "negative_energy", True),
+        "classifier max_softmax": (run_classifier, "max_softmax", False),
+        "classifier max_logit": (run_classifier, "max_logit", False),
+        "classifier energy": (run_classifier, "negative_energy", False),
+    }
+
+
 def inversion_counterfeits(data, classifier, count: int, steps: int = 300) -> torch.Tensor:
     from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 
@@ -132,17 +236,8 @@ def ood_figures(method, data, run_classifier, inversion_steps: int) -> dict:
     sets = real_ood_images(data.image_shape, count, seed=0)
     sets["uniform_noise"] = torch.rand(count, *data.image_shape, generator=torch.Generator().manual_seed(0))
     sets["inversion_counterfeits"] = inversion_counterfeits(data, run_classifier, count, inversion_steps)
-    detectors = {  # name -> (model, score, reject_class)
-        "joint 1-p(fake)": (method.joint, "not_reject", True),
-        "joint max_softmax": (method.joint, "max_softmax", True),
-        "joint max_logit": (method.joint, "max_logit", True),
-        "joint energy": (method.joint, "negative_energy", True),
-        "classifier max_softmax": (run_classifier, "max_softmax", False),
-        "classifier max_logit": (run_classifier, "max_logit", False),
-        "classifier energy": (run_classifier, "negative_energy", False),
-    }
     table = {}
-    for detector, (model, score, reject) in detectors.items():
+    for detector, (model, score, reject) in detectors(method, run_classifier).items():
         in_scores = ood_score(score, predict_logits(model, data.test_images), reject_class=reject)
         table[detector] = {name: round(ood_metrics(in_scores, ood_score(score, predict_logits(model, images),
                                                                          reject_class=reject))["auroc"], 4)
@@ -194,6 +289,8 @@ def main() -> None:
     parser.add_argument("--inversion-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-dir", default=None, help="keep the trained methods' states here")
+    parser.add_argument("--load-dir", default=None, help="load the digits state a --save-dir run kept; no training")
+    parser.add_argument("--cache", default=None, help="ood_all: keep / reuse the families' counterfeits in this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -202,10 +299,13 @@ def main() -> None:
     parts = args.parts.split(",")
     data = load_dataset(DataConfig())
     figures: dict = {"label": args.label, "overrides": overrides, "steps": config.steps}
-    if {"digits", "pgd", "ood"} & set(parts):
+    if {"digits", "pgd", "threats", "ood", "ood_all"} & set(parts):
         run_classifier, judge = train_classifier(data, seed=0), train_classifier(data, seed=1)
         method = CounterfactualGAN(config, MethodContext(data.image_shape, data.num_classes, run_classifier))
-        figures["train_seconds"] = round(fit(method, data), 1)
+        if args.load_dir:
+            method.load_state_dict(torch.load(f"{args.load_dir}/digits.pt", weights_only=True))
+        else:
+            figures["train_seconds"] = round(fit(method, data), 1)
         if args.save_dir:
             torch.save(method.state_dict(), f"{args.save_dir}/digits.pt")
         method.joint.eval()
@@ -218,6 +318,11 @@ def main() -> None:
         if "ood" in parts:
             figures |= ood_figures(method, data, run_classifier, args.inversion_steps)
             print(json.dumps(figures["ood_auroc"], indent=1), flush=True)
+        if "threats" in parts:
+            figures |= threat_figures(method, data, run_classifier)
+        if "ood_all" in parts:
+            figures |= ood_all_figures(method, data, run_classifier, args.cache)
+            print(json.dumps(figures["ood_all_auroc"], indent=1), flush=True)
     if "defects" in parts:
         figures |= defect_figures(config, data, args.defect_steps or config.steps, args.save_dir)
     print(json.dumps(figures, indent=1))

@@ -26,7 +26,8 @@ DESCRIPTIONS = {
                        "(Ray Train); re-running the same --run.run_id resumes from its last checkpoint.",
     "generate": "Sample counterfeits per class from the trained method's generator, keep those the keep rule keeps "
                 "(confidence >= --keep.confidence_bar on the stored uint8 image), and write them with their lineage "
-                "to the Parquet store.",
+                "to the Parquet store; with --generate.sources and --generate.targets, translate those images "
+                "instead (counterfactual).",
     "attack": "Search counterfeits per class with a search method (--attack.method: direct_encoding or cppn "
               "evolution, black box: the run's classifier or an ONNX model, --attack.onnx_path; gradient_ascent, "
               "white box) as Ray actors; keep by the keep rule and write them to the Parquet store.",
@@ -42,8 +43,9 @@ DESCRIPTIONS = {
                  "data, --far), the near share, evaluations and seconds per success; writes scorecard.json, "
                  "scorecard.md and scorecard.png to the run folder.",
     "robustness": "Accuracy under L-infinity PGD at each --robustness.epsilons for MODEL (a classifier file; "
-                  "a hardened or joint K + 1 model is attacked and scored on its class head); prints the table and "
-                  "writes robustness-<model>.json to the run folder.",
+                  "a hardened or joint K + 1 model is attacked and scored on its class head, or over all its outputs with "
+                  "--robustness.attack all_outputs or wrong_class, which add the shares rejected and wrong); prints "
+                  "the table and writes robustness-<model>.json to the run folder.",
     "pipeline": "train-classifier -> train-generator -> generate -> harden -> evaluate -> export, on the "
                 "embedded digits by default; writes report.json, report.md, counterfeits.png and ROC curves.",
 }

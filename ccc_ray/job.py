@@ -84,6 +84,16 @@ class GenerateSettings:
     num_actors: int = option(0, "Ray Data actors that sample and score (each holds the generator and classifier "
                                 "once); 0 = in this process below 20,000 samples, else one per CPU (GPU)", ge=0)
     cpus_per_actor: float = option(1.0, "CPUs reserved per Ray Data actor", gt=0)
+    sources: list[str] = option([], "translate these real images instead of sampling per class (methods that start "
+                                    "from an image, e.g. counterfactual): rows of the run's data (test:12, "
+                                    "train:5) or image files of the data's exact size; needs --generate.targets; "
+                                    "written to the store as run <run_id>-sources")
+    targets: list[int] = option([], "with --generate.sources: one target class per source, never the source's own")
+
+    def validate(self) -> None:
+        if len(self.sources) != len(self.targets):
+            raise CccError(f"generate.targets: give one target class per source ({len(self.sources)} source(s), "
+                           f"{len(self.targets)} target(s))")
 
 
 @dataclass
@@ -191,12 +201,17 @@ class TuneSettings:
 @dataclass
 class RobustnessSettings:
     model: str | None = option(None, "classifier file to measure (default: run.classifier_path); a K + 1 model "
-                                     "(hardened or joint) is attacked and scored on its class head")
+                                     "(hardened or joint) is attacked as --robustness.attack says")
     epsilons: list[float] = option([0.0, 0.02, 0.05, 0.1], "L-infinity budgets, in pixel units of [0, 1]", ge=0, le=1)
     steps: int = option(10, "PGD steps per attack", ge=1)
     step_size: float | None = option(None, "PGD step size (default: 2.5 x epsilon / steps)", gt=0)
     samples: int = option(500, "test images attacked (the first of the run's test split)", ge=1)
     seed: int = option(0, "seed of PGD's random start")
+    attack: Literal["class_head", "all_outputs", "wrong_class"] = option(
+        "class_head", "threat model for a K + 1 model: class_head attacks and scores the K class logits; "
+                      "all_outputs attacks the true class's cross-entropy over every output (a reject verdict counts "
+                      "as the attack's success); wrong_class raises the wrong classes over every output (the attacker "
+                      "wants a wrong class accepted). The last two add the shares rejected and wrong")
 
 
 @dataclass

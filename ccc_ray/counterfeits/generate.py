@@ -175,6 +175,87 @@ def generate_counterfeits(method, classifier, classifier_sha256: str, dataset: I
         near_dropped=near_dropped)
 
 
+def read_sources(dataset: ImageDataset, sources: list[str]) -> tuple[torch.Tensor, list[str], list[int | None]]:
+    """`generate.sources` as images N x C x H x W float32 in [0, 1], their ids (the store's `source_id`) and
+    classes (None for an image file): rows of the data (test:N, train:N) or image files of its exact shape.
+
+    Nothing is resized: a counterfactual's mask is a saliency map of the image as given."""
+    channels, height, width = dataset.image_shape
+    images, ids, labels = [], [], []
+    for source in sources:
+        split, _, row = source.partition(":")
+        if split in ("test", "train") and row.isdigit():
+            split_images, split_labels = ((dataset.test_images, dataset.test_labels) if split == "test"
+                                          else (dataset.train_images, dataset.train_labels))
+            index = int(row)
+            if index >= len(split_images):
+                raise CccError(f"generate.sources: {source!r} is not a row of {dataset.name}: its {split} split has "
+                               f"{len(split_images)} rows ({split}:0 to {split}:{len(split_images) - 1})")
+            images.append(split_images[index])
+            ids.append(f"{split}:{index}")
+            labels.append(int(split_labels[index]))
+            continue
+        path = Path(source)
+        if not path.is_file():
+            raise CccError(f"generate.sources: {source!r} is neither a row of the data (test:N or train:N) nor an "
+                           "image file")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                if image.size != (width, height):
+                    raise CccError(f"generate.sources: image {source!r} is {image.size[0]}x{image.size[1]} pixels; "
+                                   f"the run's data ({dataset.name}) has {width}x{height} images, and sources are "
+                                   "not resized")
+                array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+            raise CccError(f"generate.sources: image {source!r} cannot be read "
+                           f"({str(error).splitlines()[0]})") from None
+        images.append(torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1).contiguous())
+        ids.append(f"file:{path}")
+        labels.append(None)
+    return torch.stack(images), ids, labels
+
+
+def translate_sources(method, classifier, classifier_sha256: str, dataset: ImageDataset, sources: torch.Tensor,
+                      source_ids: list[str], targets: torch.Tensor, *, store_dir: Path | str, run_id: str,
+                      confidence_bar: float, seed: int, run_metadata: dict, device: torch.device | str = "cpu",
+                      far: FarFromData | None = None) -> GenerateReport:
+    """`generate --generate.sources`: one counterfeit per given image toward its target, judged by the keep
+    rule (and the far rule) like sampled ones, and written as one chunk; nothing is written if none is kept."""
+    sampled = method.sample_from(sources.to(device), source_ids, targets.to(device), seed)
+    scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
+    keep = scored.kept
+    near_dropped = 0
+    if far is not None:
+        too_near = keep & ~far.is_far(scored.stored)
+        near_dropped = int(too_near.sum())
+        keep = keep & ~too_near
+    lineage = lineage_columns(sampled, keep)
+    images_hwc = scored.stored[keep].permute(0, 2, 3, 1).contiguous().numpy()
+    distances = nearest_distances(scored.images[keep], dataset.train_images)
+    with CounterfeitWriter(store_dir, method.name, run_id, run_metadata, dataset.class_names) as writer:
+        if not keep.any():  # raising inside the writer's block aborts it: no store file
+            raise CccError(f"generate: none of the {len(targets)} translations reached confidence {confidence_bar}"
+                           f"{f' far from the data ({near_dropped} confident ones were near)' if near_dropped else ''}; "
+                           f"train the generator longer (--{method.name}.steps) or lower --keep.confidence_bar")
+        writer.write(counterfeit_batch(
+            images_hwc, targets[keep].numpy(), scored.predicted[keep].numpy(),
+            scored.confidence[keep].numpy().astype(np.float32), distances.numpy().astype(np.float32),
+            torch.arange(len(targets))[keep].numpy(), run_id=run_id, method=method.name,
+            classifier_sha256=classifier_sha256, seed=seed, source_id=lineage.get("source_id"),
+            mask=lineage.get("mask")))
+    requested = torch.bincount(targets, minlength=dataset.num_classes)
+    kept_per_class = torch.bincount(targets[keep], minlength=dataset.num_classes)
+    return GenerateReport(
+        store_file=str(writer.path), sampled=len(targets), kept=int(keep.sum()),
+        kept_share_per_class={c: float(kept_per_class[c] / requested[c]) for c in range(dataset.num_classes)
+                              if requested[c]},
+        mean_nearest_train_l2=float(distances.mean()),
+        test_mean_nearest_train_l2=float(nearest_distances(dataset.test_images, dataset.train_images).mean()),
+        near_dropped=near_dropped)
+
+
 def lineage_columns(sampled, keep: torch.Tensor) -> dict:
     """The store's optional lineage columns for the kept rows: source ids and masks, where the method has them."""
     columns = {}

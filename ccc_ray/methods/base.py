@@ -124,6 +124,12 @@ class CounterfeitMethod:
         sources, source_ids = picked
         return Sampled(self.sample(targets, seed, sources), source_ids)
 
+    def sample_from(self, sources: torch.Tensor, source_ids: list[str], targets: torch.Tensor, seed: int) -> Sampled:
+        """For `uses_sources` methods: counterfeits of given images (N x C x H x W, one per target) with
+        their ids, for `generate --generate.sources`. Methods that make an edit mask override this to fill
+        `masks`."""
+        return Sampled(self.sample(targets, seed, sources), list(source_ids))
+
     def check_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """`targets` as 1-D int64 classes in [0, K), or a CccError saying what is wrong."""
         if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point():

@@ -16,7 +16,10 @@ What we build (the paper is binary; we generalise to K classes with an explicit 
 - generator loss (weights in `CounterfactualConfig`): cross-entropy of the joint model toward the target
   over all K + 1 outputs (so "target, not fake"), the mean mask (sparsity), the mean L1 change, the mask's
   total variation (one region rather than speckle), and one cycle: translating the counterfactual back to
-  the source class should give back the source (L1).
+  the source class should give back the source (L1);
+- optional (ours, off by default as in the paper): PGD-perturbed real images labelled with their class in
+  the joint model's loss (`adversarial_weight`), which made the joint model robust in the strict K + 1
+  reading on digits at a cost in defect saliency (docs/BENCHMARKS.md, issue 14, run A).
 
 Contract: sources and counterfactuals are float32 N x C x H x W in [0, 1] of the data's shape; targets
 int64 in [0, K) and never the source's class; masks N x H x W float32 in [0, 1]. The translation has no
@@ -37,6 +40,7 @@ from ccc_ray.config import option
 from ccc_ray.errors import CccError
 from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.methods.base import MethodContext, Sampled, TrainedMethod, TrainingSchedule
+from ccc_ray.robustness.pgd import PgdSettings, pgd_attack
 
 
 @dataclass
@@ -59,6 +63,12 @@ class CounterfactualConfig(TrainingSchedule):
     smoothness_weight: float = option(0.05, "total variation of the mask: one region, not speckle", ge=0)
     cycle_weight: float = option(1.0, "L1 between the source and its counterfactual translated back", ge=0)
     fake_weight: float = option(0.5, "weight of 'counterfactual -> fake' in the joint model's loss", ge=0)
+    adversarial_weight: float = option(
+        0.0, "weight of PGD-perturbed real images labelled with their class in the joint model's loss; 0 (the "
+             "paper: robustness from the counterfactuals alone) trains without them", ge=0)
+    adversarial_epsilon: float = option(0.05, "L-inf radius of those PGD perturbations (pixels in [0, 1])", gt=0)
+    adversarial_steps: int = option(5, "PGD steps per perturbation (attacking all K + 1 outputs, random start)",
+                                    ge=1)
     generator_learning_rate: float = option(5e-4, "Adam learning rate of the generator", gt=0)
     joint_learning_rate: float = option(2e-4, "Adam learning rate of the joint classifier/discriminator", gt=0)
     beta1: float = option(0.5, "Adam beta1 of both optimisers", ge=0, lt=1)
@@ -185,9 +195,20 @@ class CounterfactualGAN(TrainedMethod):
         return torch.utils.data.TensorDataset(dataset.train_images, dataset.train_labels)
 
     def training_step(self, batch, rng: torch.Generator, batch_size: int) -> dict[str, float]:
-        """One joint-model update (real -> class, counterfactual -> fake), then one generator update."""
+        """One joint-model update (real -> class, counterfactual -> fake), then one generator update.
+
+        Dropout draws come from a global RNG seeded with `rng`'s seed (orchestration seeds one generator per
+        seed, rank and step) and restored afterwards, so a resumed run repeats the uninterrupted one exactly.
+        """
         if batch is None:
             raise CccError("counterfactual: training_step needs a batch of real (image, label) pairs")
+        devices = ([self.device.index if self.device.index is not None else torch.cuda.current_device()]
+                   if self.device.type == "cuda" else [])
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(rng.initial_seed())
+            return self._training_step(batch, rng)
+
+    def _training_step(self, batch, rng: torch.Generator) -> dict[str, float]:
         cfg = self.config
         images, labels = batch[0].to(self.device), batch[1].to(self.device).long()
         targets = other_classes(labels, self.num_classes, rng)
@@ -198,13 +219,21 @@ class CounterfactualGAN(TrainedMethod):
         mask, content = generator(images, targets)
         counterfactuals = blend(images, mask, content)
 
-        # Joint model: its own two-part cross-entropy; the counterfactuals are fixed inputs here.
-        # One forward over both halves: a DDP wrapper expects one forward per backward.
-        joint_logits = joint(torch.cat([images, counterfactuals.detach()]))
-        real_loss = F.cross_entropy(joint_logits[:len(images)], labels)
-        fake_loss = F.cross_entropy(joint_logits[len(images):], torch.full_like(labels, self.fake_class))
+        # Joint model: its own cross-entropy; the counterfactuals (and PGD images) are fixed inputs here.
+        # One forward over every part: a DDP wrapper expects one forward per backward.
+        parts_in = [images, counterfactuals.detach()]
+        if cfg.adversarial_weight > 0:
+            parts_in.append(self._perturbed_reals(images, labels, rng))
+        joint_logits = joint(torch.cat(parts_in))
+        n = len(images)
+        real_loss = F.cross_entropy(joint_logits[:n], labels)
+        fake_loss = F.cross_entropy(joint_logits[n:2 * n], torch.full_like(labels, self.fake_class))
+        joint_loss = real_loss + cfg.fake_weight * fake_loss
+        if cfg.adversarial_weight > 0:
+            adversarial_loss = F.cross_entropy(joint_logits[2 * n:], labels)
+            joint_loss = joint_loss + cfg.adversarial_weight * adversarial_loss
         self.joint_optimizer.zero_grad(set_to_none=True)
-        (real_loss + cfg.fake_weight * fake_loss).backward()
+        joint_loss.backward()
         self.joint_optimizer.step()
 
         # Generator: the joint model is only a critic here. The plain module with frozen weights keeps its
@@ -235,7 +264,21 @@ class CounterfactualGAN(TrainedMethod):
             parts["fake_probability"] = probabilities[:, self.fake_class].mean()
             parts["joint_real"] = real_loss
             parts["joint_fake"] = fake_loss
+            if cfg.adversarial_weight > 0:
+                parts["joint_adversarial"] = adversarial_loss
         return {name: float(value.detach()) for name, value in parts.items()}
+
+    def _perturbed_reals(self, images: torch.Tensor, labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """PGD images of the real batch against the plain joint model over all K + 1 outputs (so toward
+        "fake" as well as other classes), to be labelled with their class: robustness in the K + 1 reading."""
+        cfg = self.config
+        was_training = self.joint.training
+        self.joint.eval()  # dropout-free gradients; pgd_attack takes gradients of the inputs only
+        try:
+            settings = PgdSettings(steps=cfg.adversarial_steps, random_start=True)
+            return pgd_attack(self.joint, images, labels, cfg.adversarial_epsilon, settings, rng)
+        finally:
+            self.joint.train(was_training)
 
     # -- sampling ------------------------------------------------------------------------------------
     def _check_sources(self, sources: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
@@ -274,6 +317,11 @@ class CounterfactualGAN(TrainedMethod):
     def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
         """Counterfactuals of `sources` toward `targets`; deterministic (the seed picked the sources)."""
         return self.counterfactuals(sources, targets)[0]
+
+    def sample_from(self, sources: torch.Tensor, source_ids: list[str], targets: torch.Tensor, seed: int) -> Sampled:
+        """Counterfactuals of given images with their ids and masks (`generate --generate.sources`)."""
+        images, masks = self.counterfactuals(sources, targets)
+        return Sampled(images, list(source_ids), masks)
 
     def _pick_sources(self, dataset, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """Per target, a test image of another class drawn with `seed`: images, ids "test:<row>", labels."""

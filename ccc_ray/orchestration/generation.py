@@ -26,8 +26,10 @@ from ccc_ray.counterfeits.generate import (
     GenerateReport,
     KeptChunk,
     generate_counterfeits,
+    read_sources,
     sample_chunk,
     sample_plan,
+    translate_sources,
     write_report,
 )
 from ccc_ray.counterfeits.far import FarFromData, fit_far_rule
@@ -142,6 +144,45 @@ def actor_count(job: JobConfig) -> int:
     resources = ray.cluster_resources()
     return max(1, int(resources.get("GPU", 0)) if resolve_use_gpu(job.run)
                else int(resources.get("CPU", 1) // job.generate.cpus_per_actor))
+
+
+def generate_from_sources(job: JobConfig) -> GenerateReport:
+    """`generate --generate.sources ... --generate.targets ...`: translate the given images, one counterfeit each,
+    into the store as run `<run_id>-sources` (beside, not over, the run's sampled rows). Every check runs
+    before anything is written."""
+    import torch
+
+    dataset = load_dataset(job.data)
+    classifier, info = load_classifier(job.run.classifier_file, dataset.image_shape, dataset.num_classes)
+    device = default_device()
+    classifier.to(device).eval().requires_grad_(False)
+    method, meta = load_generator(job.run.generator_file(job.generate.method), device, classifier)
+    if meta["classifier_sha256"] != info.sha256:
+        raise CccError(f"the generator was trained against classifier {meta['classifier_sha256'][:12]}, "
+                       f"but {str(job.run.classifier_file)!r} is {info.sha256[:12]}; retrain the generator")
+    if not method.uses_sources:
+        raise CccError(f"generate.sources: {method.name} does not start from an image, so it has nothing to "
+                       "translate; leave --generate.sources out")
+    images, ids, labels = read_sources(dataset, job.generate.sources)
+    try:
+        targets = method.check_targets(torch.tensor(job.generate.targets, dtype=torch.int64))
+    except CccError as error:
+        raise CccError(f"generate.targets: {error}") from None
+    for source_id, label, target in zip(ids, labels, targets.tolist()):
+        if label == target:
+            raise CccError(f"generate.targets: target {target} of source {source_id} is its own class "
+                           f"({dataset.class_names[target]}); a counterfactual needs another class")
+    ensure_writable_dir(job.run.store_dir, "run.counterfeit_store")
+    ensure_writable_dir(job.run.run_dir, "run.output_dir")
+    run_id = f"{job.run.run_id}-sources"
+    far = fit_far_rule(job.far, dataset, job.run.classifier_file) if job.far.gate_store else None
+    run_metadata = {"config": asdict(job), "classifier_sha256": info.sha256, "generator_steps": meta.get("steps"),
+                    "versions": versions()}
+    report = translate_sources(method, classifier, info.sha256, dataset, images, ids, targets,
+                               store_dir=job.run.store_dir, run_id=run_id, confidence_bar=job.keep.confidence_bar,
+                               seed=job.generate.seed, run_metadata=run_metadata, device=device, far=far)
+    write_report(report, job.run.run_dir / f"generate-{method.name}-sources.json")
+    return report
 
 
 def generate_from_file(job: JobConfig, progress: bool = True) -> GenerateReport:

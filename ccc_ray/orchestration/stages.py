@@ -14,7 +14,7 @@ from ccc_ray.counterfeits.search import summary_line as attack_summary_line
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.orchestration.generation import generate_from_file
+from ccc_ray.orchestration.generation import generate_from_file, generate_from_sources
 from ccc_ray.orchestration.harden_rounds import run_hardening
 from ccc_ray.orchestration.import_classifier import import_classifier
 from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
@@ -23,7 +23,7 @@ from ccc_ray.orchestration.train_classifier import train_classifier
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.orchestration.tune_losses import run_tune
 from ccc_ray.reporting import scorecard_table
-from ccc_ray.robustness.pgd import robustness_table
+from ccc_ray.robustness.pgd import PgdSettings, pgd_outcomes, robustness_table
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
 
 
@@ -55,7 +55,7 @@ def train_generator_stage(job: JobConfig, progress=print_flush) -> dict:
 
 
 def generate_stage(job: JobConfig, progress=print_flush) -> GenerateReport:
-    report = generate_from_file(job)
+    report = generate_from_sources(job) if job.generate.sources else generate_from_file(job)
     progress(generate_summary_line(report))
     return report
 
@@ -109,13 +109,28 @@ def robustness_stage(job: JobConfig, progress=print_flush) -> list[dict]:
     dataset = load_dataset(job.data)
     model, info = load_classifier(path, dataset.image_shape, dataset.num_classes)
     count = min(cfg.samples, len(dataset.test_images))
-    rows = robustness_table(model.eval(), dataset.test_images[:count], dataset.test_labels[:count],
-                            list(cfg.epsilons), cfg.steps, cfg.step_size, cfg.seed,
-                            class_outputs=info.num_classes if info.reject_class else None)
+    images, labels = dataset.test_images[:count], dataset.test_labels[:count]
+    outcomes = info.reject_class and cfg.attack != "class_head"
+    if not cfg.epsilons:
+        raise CccError("robustness.epsilons: give at least one epsilon (e.g. 0,0.05,0.1)")
+    if outcomes:  # accuracy = correct over all outputs; a reject verdict is neither correct nor a wrong class
+        settings = PgdSettings(steps=cfg.steps, step_size=cfg.step_size, seed=cfg.seed)
+        rows = []
+        for epsilon in cfg.epsilons:
+            shares = pgd_outcomes(model, images, labels, float(epsilon), info.num_classes, cfg.attack, settings)
+            rows.append({"epsilon": float(epsilon), "accuracy": shares["correct"], "steps": cfg.steps,
+                         "step_size": cfg.step_size if cfg.step_size is not None else 2.5 * epsilon / cfg.steps,
+                         "attack": cfg.attack, "rejected": shares["rejected"], "wrong": shares["wrong"],
+                         "class_head": shares["class_head"]})
+    else:
+        rows = robustness_table(model.eval(), images, labels, list(cfg.epsilons), cfg.steps, cfg.step_size,
+                                cfg.seed, class_outputs=info.num_classes if info.reject_class else None)
     progress(f"accuracy under L-inf PGD ({cfg.steps} steps, {count} test images) of {path}"
-             + (" (class head of a K + 1 model)" if info.reject_class else ""))
+             + ((" (class head of a K + 1 model)" if not outcomes else f" (attack {cfg.attack}, K + 1 outputs)")
+                if info.reject_class else ""))
     for row in rows:
-        progress(f"  epsilon {row['epsilon']:.3f}: accuracy {row['accuracy']:.4f}")
+        progress(f"  epsilon {row['epsilon']:.3f}: accuracy {row['accuracy']:.4f}"
+                 + (f", rejected {row['rejected']:.4f}, wrong class {row['wrong']:.4f}" if outcomes else ""))
     ensure_writable_dir(job.run.run_dir, "run.output_dir")
     atomic_write_bytes(job.run.run_dir / f"robustness-{path.stem}.json", dumps(rows).encode())
     return rows

@@ -14,6 +14,7 @@ Seeded: the same seed gives the same random starts, so the same numbers on the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +38,15 @@ class PgdSettings:
 
 
 def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float,
-               settings: PgdSettings | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               settings: PgdSettings | None = None, generator: torch.Generator | None = None,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Adversarial images (N x C x H x W in [0, 1], within `epsilon` in L-inf) raising the true-class loss.
 
     The model is used as given (call `.eval()` first for dropout-free gradients); its weights get no grads.
-    `generator` (on the images' device) draws the random start.
+    `generator` (on the images' device) draws the random start. `loss_fn(logits, labels)`, a summed loss to
+    raise, replaces the cross-entropy (e.g. `wrong_class_loss`: an attacker who wants a wrong class, not "fake").
     """
+    loss_fn = loss_fn or (lambda logits, truth: F.cross_entropy(logits, truth, reduction="sum"))
     settings = settings or PgdSettings()
     if epsilon < 0:
         raise CccError(f"PGD epsilon must be >= 0, got {epsilon}")
@@ -56,11 +60,26 @@ def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
         adversarial = torch.max(torch.min(images + (2 * noise - 1) * epsilon, high), low)
     for _ in range(settings.steps):
         adversarial.requires_grad_(True)
-        loss = F.cross_entropy(model(adversarial), labels, reduction="sum")
+        loss = loss_fn(model(adversarial), labels)
         (gradient,) = torch.autograd.grad(loss, adversarial)
         with torch.no_grad():
             adversarial = torch.max(torch.min(adversarial + step_size * gradient.sign(), high), low)
     return adversarial.detach()
+
+
+def wrong_class_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """For a K + 1 model: the summed log-probability (softmax over all outputs) of the K - 1 wrong classes.
+
+    Raising it moves an image to some other class while keeping "fake"/reject low: the attacker of a
+    deployment where a reject output is an abstention, who wants a wrong class that is accepted, not a
+    rejection. On a K-output model it is the untargeted attack in another form.
+    """
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probabilities = logits.log_softmax(dim=1)[:, :num_classes]
+        wrong = log_probabilities.masked_fill(F.one_hot(labels, num_classes).bool(), float("-inf"))
+        return wrong.logsumexp(dim=1).sum()
+
+    return loss
 
 
 class ClassLogits(nn.Module):
@@ -106,6 +125,46 @@ def accuracy_under_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     finally:
         model.train(was_training)
     return correct / len(images)
+
+
+ATTACKS = ("class_head", "all_outputs", "wrong_class")
+
+
+def pgd_outcomes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, num_classes: int,
+                 attack: str = "all_outputs", settings: PgdSettings | None = None) -> dict[str, float]:
+    """What a K + 1 model (reject / fake last) decides after PGD at `epsilon`, as shares of the images:
+    correct, rejected (the last output on top) and wrong (another class on top) over all outputs, and
+    `class_head`: the accuracy of the first K logits alone. `attack` is the threat model:
+    - class_head: PGD on the K class logits (an attacker who ignores the reject output);
+    - all_outputs: the true class's cross-entropy over all outputs (a rejection counts as the attack's success);
+    - wrong_class: `wrong_class_loss` (an attacker who wants a wrong class accepted, not a rejection).
+    Same random starts as `accuracy_under_pgd` for the same settings."""
+    if attack not in ATTACKS:
+        raise CccError(f"robustness.attack: {attack!r} is not one of {', '.join(ATTACKS)}")
+    settings = settings or PgdSettings()
+    _check_inputs(images, labels)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    target = ClassLogits(model, num_classes) if attack == "class_head" else model
+    loss_fn = wrong_class_loss(num_classes) if attack == "wrong_class" else None
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    counts = {"correct": 0, "rejected": 0, "wrong": 0, "class_head": 0}
+    try:
+        for start in range(0, len(images), settings.batch_size):
+            batch = images[start:start + settings.batch_size].to(device)
+            truth = labels[start:start + settings.batch_size].to(device).long()
+            adversarial = pgd_attack(target, batch, truth, epsilon, settings, generator, loss_fn)
+            with torch.no_grad():
+                logits = model(adversarial)
+            predicted = logits.argmax(dim=1)
+            counts["correct"] += int((predicted == truth).sum())
+            counts["rejected"] += int((predicted >= num_classes).sum())
+            counts["wrong"] += int(((predicted != truth) & (predicted < num_classes)).sum())
+            counts["class_head"] += int((logits[:, :num_classes].argmax(dim=1) == truth).sum())
+    finally:
+        model.train(was_training)
+    return {name: count / len(images) for name, count in counts.items()}
 
 
 def robustness_table(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: list[float],

@@ -111,6 +111,37 @@ def test_state_dict_round_trip_restores_both_modules_and_optimisers(tiny_data):
     assert restored.training_step(batch, torch.Generator().manual_seed(9), 8) == original_next
 
 
+def test_a_step_depends_on_its_rng_alone_and_leaves_the_global_rng_as_it_was(tiny_data):
+    """Dropout draws come from the step's rng, so a resumed Ray run repeats the uninterrupted one."""
+    first, second = make_method(), make_method()
+    batch = (tiny_data.train_images[:8], tiny_data.train_labels[:8])
+    torch.manual_seed(1)
+    one = first.training_step(batch, torch.Generator().manual_seed(5), 8)
+    torch.manual_seed(2)
+    expected = torch.rand(3)
+    torch.manual_seed(2)
+    two = second.training_step(batch, torch.Generator().manual_seed(5), 8)
+    assert one == two
+    assert torch.equal(torch.rand(3), expected)
+    for a, b in zip(first.joint.parameters(), second.joint.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_adversarial_reals_join_the_joint_loss_only_when_weighted(tiny_data):
+    assert CounterfactualConfig().adversarial_weight == 0  # the paper: robustness from the counterfactuals alone
+    plain, adversarial = make_method(), make_method(adversarial_weight=1.0, adversarial_epsilon=0.1,
+                                                    adversarial_steps=2)
+    batch = (tiny_data.train_images[:8], tiny_data.train_labels[:8])
+    off = plain.training_step(batch, torch.Generator().manual_seed(3), 8)
+    on = adversarial.training_step(batch, torch.Generator().manual_seed(3), 8)
+    assert "joint_adversarial" not in off
+    assert on["joint_adversarial"] > 0 and torch.isfinite(torch.tensor(on["joint_adversarial"]))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.joint.parameters(), adversarial.joint.parameters()))
+    assert adversarial.joint.training  # PGD ran in eval mode and put the model back
+    again = make_method(adversarial_weight=1.0, adversarial_epsilon=0.1, adversarial_steps=2)
+    assert again.training_step(batch, torch.Generator().manual_seed(3), 8) == on
+
+
 def test_same_seed_same_sources_and_counterfactuals(tiny_data):
     method = make_method()
     train(method, tiny_data, 2)
@@ -186,3 +217,5 @@ def test_config_bounds_are_declared():
         validate_config(CounterfactualConfig(mask_weight=-1.0))
     with pytest.raises(CccError, match="classification_weight"):
         validate_config(CounterfactualConfig(classification_weight=0.0))
+    with pytest.raises(CccError, match="adversarial_epsilon"):
+        validate_config(CounterfactualConfig(adversarial_epsilon=0.0))

@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from ccc_ray.errors import CccError
-from ccc_ray.robustness import PgdSettings, accuracy_under_pgd, pgd_attack, robustness_table
+from ccc_ray.robustness import (
+    PgdSettings,
+    accuracy_under_pgd,
+    pgd_attack,
+    pgd_outcomes,
+    robustness_table,
+    wrong_class_loss,
+)
 
 torch.set_num_threads(1)
 
@@ -87,3 +94,51 @@ def test_class_head_reading_leaves_the_reject_output_out():
     images, labels = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
     assert robustness_table(model, images, labels, [0.0])[0]["accuracy"] == 0.0
     assert robustness_table(model, images, labels, [0.0], class_outputs=2)[0]["accuracy"] == 1.0
+
+
+def test_wrong_class_loss_is_the_log_probability_of_the_other_real_classes():
+    logits = torch.tensor([[2.0, 0.0, 1.0, 3.0], [0.0, 1.0, 0.0, -1.0]])  # K = 3, "fake" last
+    labels = torch.tensor([0, 2])
+    p = logits.softmax(dim=1)
+    expected = torch.log(p[0, 1] + p[0, 2]) + torch.log(p[1, 0] + p[1, 1])
+    assert float(wrong_class_loss(3)(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def reject_shortcut_model(two_class: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A K + 1 model whose reject output is the easy way out: a checkerboard raises it, brightness does not."""
+    labels = torch.arange(32) % 2
+    images = (0.4 + 0.3 * labels.float())[:, None, None, None].expand(32, 1, 4, 4).clone()  # flat: no checkerboard
+    checker = ((torch.arange(4)[:, None] + torch.arange(4)[None]) % 2 * 2 - 1).float().flatten()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.cat([two_class[1].weight, 40 * checker[None]]))
+        model[1].bias.copy_(torch.cat([two_class[1].bias, torch.tensor([-4.0])]))
+    return model, images, labels
+
+
+def test_the_wrong_class_attack_avoids_the_reject_output_the_cross_entropy_attack_takes(problem):
+    model, images, labels = reject_shortcut_model(problem[0])
+    assert (model(images).argmax(1) == labels).all()
+    settings = PgdSettings(steps=10, random_start=False)
+    cross_entropy = pgd_attack(model, images, labels, 0.2, settings)
+    wrong = pgd_attack(model, images, labels, 0.2, settings, loss_fn=wrong_class_loss(2))
+    assert (model(cross_entropy).argmax(1) == 2).all()  # the true-class attack ends in "reject"
+    assert torch.equal(model(wrong).argmax(1), 1 - labels)  # the wrong-class attack in the other class
+    assert (wrong - images).abs().max() <= 0.2 + 1e-6
+
+
+def test_outcomes_split_each_threat_model_into_correct_rejected_and_wrong(problem):
+    model, images, labels = reject_shortcut_model(problem[0])
+    settings = PgdSettings(steps=10, random_start=False)
+    clean = pgd_outcomes(model, images, labels, 0.0, 2, "all_outputs", settings)
+    assert clean == {"correct": 1.0, "rejected": 0.0, "wrong": 0.0, "class_head": 1.0}
+    all_outputs = pgd_outcomes(model, images, labels, 0.2, 2, "all_outputs", settings)
+    assert all_outputs["rejected"] == 1.0 and all_outputs["class_head"] == 1.0  # rejected, the class kept
+    wrong = pgd_outcomes(model, images, labels, 0.2, 2, "wrong_class", settings)
+    assert wrong["wrong"] == 1.0 and wrong["rejected"] == 0.0
+    head = pgd_outcomes(model, images, labels, 0.2, 2, "class_head", settings)
+    assert head["class_head"] == 0.0
+    for shares in (clean, all_outputs, wrong, head):
+        assert shares["correct"] + shares["rejected"] + shares["wrong"] == pytest.approx(1.0)
+    with pytest.raises(CccError, match="robustness.attack"):
+        pgd_outcomes(model, images, labels, 0.1, 2, "fake_only")
