@@ -29,7 +29,7 @@ def test_an_onnx_model_or_a_bad_epsilon_is_one_line(capsys, tmp_path):
 
 def test_a_k_plus_1_model_under_each_threat_model(capsys, tmp_path, digits, digits_classifier_file):
     from ccc_ray.classifiers.weights import load_classifier, save_classifier
-    from ccc_ray.hardening.widen import widen_classifier
+    from ccc_ray.classifiers.widen import widen_classifier
 
     classifier, info = load_classifier(digits_classifier_file)
     joint_file = tmp_path / "joint.safetensors"
