@@ -229,8 +229,9 @@ def test_substrate_and_mask_losses_on_known_inputs():
     assert float(mask_loss(black, left_half, 1.0)) == 0.5
 
 
-def test_a_few_steps_in_a_loop_like_orchestration_train_both_modules(classifier):
-    method = build(classifier)
+@pytest.mark.parametrize("form", ["margin", "paper"])
+def test_a_few_steps_in_a_loop_like_orchestration_train_both_modules(classifier, form):
+    method = build(classifier, classifier_loss=form)
     before = parameters(method)
     losses = train(method, 3)
     assert method.step == 3
