@@ -3,13 +3,16 @@
 Trains the attacked classifier (SmallCNN, as tests/conftest.py) and an independent judge (an MLP, built
 differently) on the digits, fits `substrate_gan` with a loop shaped like orchestration's (a DataLoader over
 `training_data`, `training_step` per batch, rng seeded per step), then measures on fresh substrates:
-- one active class: share of outputs the classifier puts in the target class at >= 0.99, mean confidence,
-  and mean L1 distance to the substrate (pixels in [0, 1]);
+- one active class: share of outputs the classifier puts in the target class at >= 0.99 (on the float
+  outputs and on their uint8 rounding, which the store keeps), mean confidence, and mean L1 distance to the
+  substrate (pixels in [0, 1]);
 - two and three active classes: share whose top-k (k = active classes) holds every active class;
 - no active class: share the classifier still puts in some class at >= 0.5;
 - the judge: share of one-class outputs it assigns to the target class;
 - the same figures for the raw substrates, as the floor.
-Writes one JSON line per run to --results and, with --grid, a PNG of substrate/output pairs.
+With --eval-every N, the one-class figures on 200 fresh outputs every N steps (the curve against steps;
+training seconds exclude these evaluations). Writes one JSON line per run to --results and, with --grid, a
+PNG of substrate/output pairs.
 
 Run: PYTHONPATH=. python benchmarks/substrate_gan_seed003.py --label paper --steps 3000
      (any SubstrateGanConfig field as --field value, e.g. --substrate_weight 50)
@@ -57,22 +60,52 @@ def judge_mlp(image_shape, num_classes: int) -> nn.Module:
                          nn.ReLU(), nn.Linear(256, num_classes))
 
 
-def fit(method: SubstrateGan, steps: int, log_every: int) -> list[dict]:
+def quantised(images: torch.Tensor) -> torch.Tensor:
+    """As the store keeps them: uint8 and back."""
+    return (images * 255).round() / 255
+
+
+@torch.no_grad()
+def one_class_figures(method: SubstrateGan, classifier: nn.Module, per_class: int) -> dict:
+    """The headline figure alone (float and uint8 outputs), cheap enough to take during training."""
+    targets = torch.arange(method.num_classes).repeat(per_class)
+    sources, _ = method.source_images(None, targets, EVAL_SEED)
+    images = method.sample(targets, EVAL_SEED, sources)
+    rows = torch.arange(len(targets))
+    confidence = torch.softmax(classifier(images), 1)[rows, targets]
+    stored = torch.softmax(classifier(quantised(images)), 1)[rows, targets]
+    return {"one_class_at_0.99": float((confidence >= 0.99).float().mean()),
+            "one_class_at_0.99_uint8": float((stored >= 0.99).float().mean()),
+            "one_class_mean_confidence": float(confidence.mean()),
+            "l1_to_substrate": float((images - method.at_data_size(sources)).abs().mean())}
+
+
+def fit(method: SubstrateGan, steps: int, log_every: int, classifier: nn.Module | None = None,
+        eval_every: int = 0, eval_per_class: int = 20) -> tuple[list[dict], list[dict]]:
+    """Train to `steps`; every `eval_every` steps (and at the end) the one-class figures on 10 x
+    `eval_per_class` fresh outputs: the curve of the share at 0.99 against steps (evaluation time excluded)."""
     data = method.training_data(None)
     loader = torch.utils.data.DataLoader(data, batch_size=method.config.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(method.config.seed))
-    history, started = [], time.time()
+    history, curve, train_seconds = [], [], 0.0
     while method.step < steps:
         for batch in loader:
+            started = time.time()
             rng = torch.Generator().manual_seed(method.config.seed * 1_000_003 + method.step)
             parts = method.training_step(batch, rng, len(batch[0]))
+            train_seconds += time.time() - started
             if method.step % log_every == 0 or method.step == steps:
-                parts["step"], parts["seconds"] = method.step, round(time.time() - started, 1)
+                parts["step"], parts["seconds"] = method.step, round(train_seconds, 1)
                 history.append(parts)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in parts.items()}), flush=True)
+            if classifier is not None and eval_every and (method.step % eval_every == 0 or method.step == steps):
+                point = {"step": method.step, "seconds": round(train_seconds, 1),
+                         **one_class_figures(method, classifier, eval_per_class)}
+                curve.append(point)
+                print(json.dumps({"curve": point}), flush=True)
             if method.step >= steps:
                 break
-    return history
+    return history, curve
 
 
 @torch.no_grad()
@@ -85,8 +118,10 @@ def evaluate(method: SubstrateGan, classifier: nn.Module, judge: nn.Module, per_
     probs = torch.softmax(classifier(images), dim=1)
     confidence = probs[torch.arange(len(targets)), targets]
     raw = torch.softmax(classifier(substrates), dim=1)[torch.arange(len(targets)), targets]
+    stored = torch.softmax(classifier(quantised(images)), dim=1)[torch.arange(len(targets)), targets]
     result = {
         "one_class_at_0.99": float((confidence >= 0.99).float().mean()),
+        "one_class_at_0.99_uint8": float((stored >= 0.99).float().mean()),
         "one_class_mean_confidence": float(confidence.mean()),
         "one_class_argmax": float((probs.argmax(1) == targets).float().mean()),
         "l1_to_substrate": float((images - substrates).abs().mean()),
@@ -142,6 +177,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50, help="evaluation images per class")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=0, help="steps between curve points (0: none)")
     known, rest = parser.parse_known_args()
     overrides = {rest[i].lstrip("-"): rest[i + 1] for i in range(0, len(rest), 2)}
     config = config_from_dict(SubstrateGanConfig, overrides, "substrate_gan")
@@ -157,12 +193,13 @@ def main() -> None:
 
     method = SubstrateGan(config, MethodContext(digits.image_shape, digits.num_classes, classifier))
     started = time.time()
-    history = fit(method, config.steps, known.log_every)
+    history, curve = fit(method, config.steps, known.log_every, classifier, known.eval_every)
     seconds = time.time() - started
-    result = {"label": known.label, "overrides": overrides, "train_seconds": round(seconds, 1),
-              "steps": config.steps, **accuracies, **evaluate(method, classifier, judge, known.per_class),
+    result = {"label": known.label, "overrides": overrides, "train_seconds": round(history[-1]["seconds"], 1),
+              "wall_seconds": round(seconds, 1), "steps": config.steps, **accuracies,
+              **evaluate(method, classifier, judge, known.per_class), "curve": curve,
               "last_losses": history[-1] if history else {}, "config": dataclasses.asdict(config)}
-    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "last_losses")}), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "last_losses", "curve")}), flush=True)
     Path(known.results).parent.mkdir(parents=True, exist_ok=True)
     with open(known.results, "a") as out:
         out.write(json.dumps(result) + "\n")

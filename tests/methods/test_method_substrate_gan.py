@@ -15,7 +15,10 @@ from ccc_ray.methods.substrate_gan import (
     SubstrateGanConfig,
     category_loss,
     classifier_loss,
+    confidence_margin,
+    margin_positive_loss,
     mask_loss,
+    paper_classifier_loss,
     substrate_loss,
     tiled_class_input,
     unet_depth,
@@ -65,6 +68,23 @@ def test_registered_with_the_paper_settings():
     assert (paper.gan_weight, paper.mask_weight, paper.classifier_weight, paper.substrate_weight) == (3, 10, 50, 150)
     assert (paper.learning_rate, paper.beta1, paper.output_size, paper.batch_size, paper.steps) == \
         (2e-4, 0.5, 512, 3, 200_000)
+    assert (paper.classifier_loss, paper.learning_rate_decay) == ("paper", 0)
+    assert config.classifier_loss == "margin"  # ours at the default size, see docs/BENCHMARKS.md issue 15
+
+
+def test_the_shipped_paper_config_gives_the_paper_training_settings():
+    from pathlib import Path
+
+    from ccc_ray.job import JobConfig, load_job
+
+    job = load_job(Path(__file__).resolve().parents[2] / "configs" / "substrate_gan_paper.yaml")
+    config = job.method_config("substrate_gan")
+    paper = SubstrateGanConfig.paper_512([0])
+    for name in ("classifier_loss", "gan_weight", "mask_weight", "classifier_weight", "substrate_weight",
+                 "learning_rate", "beta1", "learning_rate_decay"):
+        assert getattr(config, name) == getattr(paper, name), name
+    assert config.steps == SubstrateGanConfig().steps  # only the paper's training settings, not its 512 px size
+    assert JobConfig().method_config("substrate_gan").classifier_loss == "margin"
 
 
 @pytest.mark.parametrize("side, depth", [(512, 6), (32, 2), (28, 2), (8, 2), (4, 1)])
@@ -124,6 +144,77 @@ def test_category_and_classifier_losses_on_known_inputs():
                                                 (1.0 - 2 * math.log(0.5)) / 2, (1.0 - math.log(0.8 * 0.2)) / 2))
 
 
+def test_the_paper_loss_from_logits_matches_the_probability_form_and_keeps_a_gradient():
+    torch.manual_seed(0)
+    classes = [1, 4, 6]  # painted classes among K = 8 outputs: the softmax runs over all 8
+    logits = torch.randn(5, 8) * 2
+    crop_logits = torch.randn(5, 3, 8) * 2
+    active = torch.tensor([[1.0, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1], [0, 0, 1]])
+    expected = classifier_loss(torch.softmax(logits, 1)[:, classes], torch.softmax(crop_logits, 2)[..., classes],
+                               active)
+    got = paper_classifier_loss(torch.log_softmax(logits, 1), torch.log_softmax(crop_logits, 2), active, classes)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-5)
+    # An active class far below the others: p underflows in float32, so the probability form's clamp gives no
+    # gradient at all; the logit form pulls with -log p's full gradient of about 1 per logit.
+    far = torch.tensor([[-200.0, 0, 0, 0]], requires_grad=True)
+    positive, _ = paper_classifier_loss(torch.log_softmax(far, 1), torch.log_softmax(far, 1)[:, None],
+                                        torch.tensor([[1.0]]), [0])
+    positive.sum().backward()
+    assert float(far.grad[0, 0]) == pytest.approx(-1.0, abs=1e-4)
+    clamped = far.detach().clone().requires_grad_(True)
+    old_positive, _ = classifier_loss(torch.softmax(clamped, 1)[:, :1], torch.softmax(clamped, 1)[:, None, :1],
+                                      torch.tensor([[1.0]]))
+    old_positive.sum().backward()
+    assert float(clamped.grad.abs().max()) == 0
+
+
+def test_the_margin_loss_stops_at_its_confidence_and_pulls_evenly_below_it():
+    margin = confidence_margin(0.999)
+    assert margin == pytest.approx(math.log(999))
+    classes = list(range(4))
+    one = torch.tensor([[1.0, 0, 0, 0]])
+
+    def loss_and_grad(target_probability):
+        # Class 0 at the given softmax probability, the rest shared evenly by the other three.
+        rest = (1 - target_probability) / 3
+        logits = torch.log(torch.tensor([[target_probability, rest, rest, rest]])).requires_grad_(True)
+        loss = margin_positive_loss(logits, one, classes, margin)
+        loss.sum().backward()
+        return float(loss.detach()), logits.grad[0, 0].item()
+
+    assert loss_and_grad(0.9995) == (0.0, 0.0)
+    low, low_grad = loss_and_grad(0.5)
+    high, high_grad = loss_and_grad(0.99)
+    assert low == pytest.approx((margin - 0.0) / 4, abs=1e-5)  # (1/n) (margin - log(p / (1 - p)))
+    assert high == pytest.approx((margin - math.log(99)) / 4, abs=1e-4)
+    assert low_grad == pytest.approx(-0.25) and high_grad == pytest.approx(-0.25)  # no fading near the bar
+    # Several active classes: each against the inactive outputs only, not against each other.
+    two = torch.tensor([[1.0, 1, 0, 0]])
+    logits = torch.tensor([[3.0, 3.0, -1.0, -1.0]])
+    assert float(margin_positive_loss(logits, two, classes, margin)) == pytest.approx(
+        2 * (margin - (4 - math.log(2))) / 4, abs=1e-4)
+    # No active class: nothing; every output active: no rival, a zero loss with a finite gradient.
+    assert float(margin_positive_loss(logits, torch.zeros(1, 4), classes, margin)) == 0
+    every = logits.clone().requires_grad_(True)
+    loss = margin_positive_loss(every, torch.ones(1, 4), classes, margin)
+    loss.sum().backward()
+    assert float(loss.detach()) == 0 and torch.isfinite(every.grad).all()
+
+
+def test_the_learning_rate_falls_linearly_over_the_last_share_of_steps(classifier):
+    constant = build(classifier, steps=100)
+    assert {constant.learning_rate_at(step) for step in (0, 50, 99)} == {1e-3}
+    method = build(classifier, steps=100, learning_rate_decay=0.5, learning_rate=1e-3)
+    assert method.learning_rate_at(0) == method.learning_rate_at(49) == 1e-3
+    assert method.learning_rate_at(75) == pytest.approx(5e-4)
+    assert method.learning_rate_at(99) == pytest.approx(2e-5)
+    method.step = 75  # as after resuming a checkpoint: the schedule follows the step
+    train(method, 1)
+    for optimizer in method.optimizers().values():
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
 def test_substrate_and_mask_losses_on_known_inputs():
     target = torch.full((1, 1, 4, 4), 0.5)
     assert float(substrate_loss(target, target)) == 0
@@ -138,8 +229,9 @@ def test_substrate_and_mask_losses_on_known_inputs():
     assert float(mask_loss(black, left_half, 1.0)) == 0.5
 
 
-def test_a_few_steps_in_a_loop_like_orchestration_train_both_modules(classifier):
-    method = build(classifier)
+@pytest.mark.parametrize("form", ["margin", "paper"])
+def test_a_few_steps_in_a_loop_like_orchestration_train_both_modules(classifier, form):
+    method = build(classifier, classifier_loss=form)
     before = parameters(method)
     losses = train(method, 3)
     assert method.step == 3
