@@ -67,3 +67,15 @@ def test_cli_refuses_a_bad_space_before_any_trial(capsys, tmp_path, digits_class
 def test_bad_tune_settings(capsys, tmp_path, flag, value):
     code = cli.main(["tune", flag, value, "--run.output_dir", str(tmp_path / "o")])
     assert code == 2 and flag.lstrip("-") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["inversion", "counterfactual", "substrate_gan"])
+def test_every_trained_method_has_a_space_whose_corners_are_valid_configs(method):
+    space = load_search_space(default_space_file(method))
+    assert space and all(name.startswith(f"{method}.") for name in space)
+    for corner in ("low", "high"):
+        values = {name: spec[corner] for name, spec in space.items() if corner in spec}
+        job = apply_overrides(JobConfig(), values)  # each drawn value is checked like a flag
+        config = job.method_config(method)
+        for name, value in values.items():
+            assert getattr(config, name.split(".", 1)[1]) == pytest.approx(value)
