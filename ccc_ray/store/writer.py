@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -81,15 +80,14 @@ def counterfeit_ids(run_id: str, method: str, seed: int, sample_index: np.ndarra
     """`counterfeit_id` of every row at once, as one Arrow string column.
 
     The same sha256 of the same bytes, so existing stores keep their ids; what is gone is the Python work
-    per row around it: Arrow writes every row's message (decimal indices as `str(int)` writes them), the
-    hashing runs in a C-level `map` (one hash object and one digest per row, nothing else), and the hex
-    text is written for all rows at once into one buffer (a fixed 32 characters per id, so the offsets
-    are a plain range).
+    per row around it: a C-level `map` chain makes each row's message (`bytes % int` writes decimal
+    indices as `str(int)` does), its hash object and its digest, nothing else, and the hex text is
+    written for all rows at once into one buffer (a fixed 32 characters per id, so the offsets are a
+    plain range).
     """
     n = len(sample_index)
-    prefix = pa.scalar(f"{run_id}\x00{method}\x00{seed}\x00".encode(), pa.binary())
-    indices = pc.cast(pa.array(np.asarray(sample_index, np.int64)), pa.string()).cast(pa.binary())
-    messages = pc.binary_join_element_wise(prefix, indices, pa.scalar(b"", pa.binary())).to_pylist()
+    template = f"{run_id}\x00{method}\x00{seed}\x00".encode().replace(b"%", b"%%") + b"%d"
+    messages = map(template.__mod__, np.asarray(sample_index, np.int64).tolist())
     digests = np.frombuffer(b"".join(map(_DIGEST, map(_sha256, messages))), np.uint8).reshape(n, 32)
     kept = digests[:, :ID_HEX_DIGITS // 2]
     text = np.stack([_HEX[kept >> 4], _HEX[kept & 15]], axis=2).reshape(n * ID_HEX_DIGITS)  # high nibble first

@@ -36,6 +36,9 @@ def test_bulk_ids_equal_the_row_by_row_definition():
               for i in index.tolist()]
     assert bulk == by_row
     assert counterfeit_ids("run-1", "inversion", 7, np.array([], np.int64)).to_pylist() == []
+    # Names are free text to the hash: a '%' is a character, not a format (the ids are built with bytes %).
+    assert counterfeit_ids("r%d%%s", "m%s", -1, np.array([-5, 3])).to_pylist() == [
+        counterfeit_id("r%d%%s", "m%s", -1, i) for i in (-5, 3)]
 
 
 def test_written_store_holds_the_known_ids(tmp_path):
