@@ -1,8 +1,7 @@
 """Streaming, atomic Parquet writes of counterfeit batches, to a local folder or a storage URI.
 
 A run's rows go to `<store>/<method>-<run_id>.parquet`. Batches stream into a hidden temporary file
-beside it (memory stays bounded by two batches: one being encoded, on a thread of its own, while the
-caller builds the next); only `commit()` puts it in place, so readers never see a
+beside it (memory stays bounded by one batch); only `commit()` puts it in place, so readers never see a
 half file, and re-running a run id replaces its file instead of adding duplicate rows.
 
 What "in place" means per storage:
@@ -29,7 +28,6 @@ import os
 import re
 import socket
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,8 +63,8 @@ def counterfeit_id(run_id: str, method: str, seed: int, sample_index: int) -> st
 
 ID_HEX_DIGITS = 32
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
-try:  # CPython's own SHA-256: the same digests, and a third cheaper per short message than OpenSSL's, whose
-    # context set-up per call costs more than hashing one 64-byte block (docs/BENCHMARKS.md, issue 16)
+try:  # CPython's own SHA-256: the same digests, cheaper per short message than OpenSSL's, whose context
+    # set-up per call costs more than hashing one 64-byte block (320 vs 370 ns a row; docs/BENCHMARKS.md)
     from _sha256 import sha256 as _sha256  # Python <= 3.11
 except ImportError:
     try:
@@ -117,7 +115,7 @@ def counterfeit_batch(images_hwc: np.ndarray, targets: np.ndarray, predicted: np
     `source_id`: N ids (strings; None where a row has no source) of the real or substrate images the
     counterfeits were made from. `mask`: N x H x W uint8 saliency or edit masks. Either left at None
     gives an all-null column. Like Arrow's own conversions, the batch reads the image and mask memory
-    in place (no copy): leave those arrays unchanged until the writer's next `write` or `commit` returns.
+    in place (no copy): write it before changing those arrays.
     """
     if images_hwc.dtype != np.uint8 or images_hwc.ndim != 4:
         raise CccError(f"counterfeit batch: images_hwc must be uint8 N x H x W x C, got {images_hwc.dtype} "
@@ -196,35 +194,17 @@ class CounterfeitWriter:
         self._sink = self._fs.open_output_stream(self._tmp)
         self._writer = pq.ParquetWriter(self._sink, COUNTERFEIT_SCHEMA.with_metadata(metadata), compression="zstd",
                                         use_dictionary=DICTIONARY_COLUMNS, write_statistics=STATISTICS_COLUMNS)
-        # Parquet encodes and compresses in C++ without the GIL: on a thread of its own it works on one batch
-        # while the caller builds the next (row ids are Python-bound hashing), on another core.
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccc-store-encoder")
-        self._pending: Future | None = None
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Hand `batch` to the encoder and return; at most one batch waits. Its arrays must stay unchanged
-        until the next `write` or `commit` returns; an encoding error raises there."""
         if batch.num_rows:
-            self._wait_for_encoder()
-            self._pending = self._encoder.submit(self._writer.write_batch, batch)
+            self._writer.write_batch(batch)
             self.rows += batch.num_rows
-
-    def _wait_for_encoder(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
 
     def commit(self) -> str | Path:
         """Finish the file and put it in place; returns its path or URI."""
-        try:
-            self._wait_for_encoder()
-            self._encoder.shutdown()
-            self._writer.close()
-            self._sink.close()
-        except BaseException:
-            self.abort()
-            raise
+        self._writer.close()
+        self._sink.close()
         try:
             if self._local:
                 with open(self._tmp, "rb") as handle:
@@ -240,11 +220,6 @@ class CounterfeitWriter:
 
     def abort(self) -> None:
         try:
-            if self._pending is not None:
-                self._pending.cancel()
-                wait([self._pending])  # a batch being encoded finishes; its error, if any, no longer matters
-                self._pending = None
-            self._encoder.shutdown()
             self._writer.close()
             self._sink.close()
         finally:
