@@ -116,6 +116,9 @@ class HardenSettings:
     eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
                                   gt=0, lt=1)
     split_seed: int = option(0, "seed of the train/evaluation split of counterfeit rows")
+    pool_rows_per_worker: int = option(
+        20_000, "counterfeits a Train worker holds at once; a larger pool streams through it once per epoch "
+                "(adaptive, oe: steps draw from the rows held; reject needs the whole pool)", ge=1)
     ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
                                     "with a reject class, max_softmax for oe), max_softmax, max_logit, negative_energy, "
                                     "not_reject")
