@@ -96,7 +96,8 @@ def run_one(pythonpath: str, store: Path, classifier: Path, output_dir: Path) ->
     env = {**os.environ, "PYTHONPATH": pythonpath}
     command = [sys.executable, __file__, "--measure", str(store), "--classifier", str(classifier),
                "--output-dir", str(output_dir)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    # cwd too: Ray's workers put the driver's working folder first on their import path
+    done = subprocess.run(command, env=env, cwd=pythonpath, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         raise SystemExit(f"measurement failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
