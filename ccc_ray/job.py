@@ -8,8 +8,9 @@ named after it (`inversion:`, `direct_encoding:`, ... in YAML; `--inversion.step
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from ccc_ray.errors import CccError
 from ccc_ray.methods import METHODS, method_class
 from ccc_ray.ood.scores import OOD_SCORES
 from ccc_ray.store.writer import check_name
+
+POOL_WINDOW_BYTES = 256 * 2**20  # a hardening worker's default counterfeit window, in uint8 image bytes
 
 
 @dataclass
@@ -128,6 +131,14 @@ class HardenSettings:
     eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
                                   gt=0, lt=1)
     split_seed: int = option(0, "seed of the train/evaluation split of counterfeit rows")
+    pool_rows_per_worker: int | None = option(
+        None, "counterfeits a Train worker holds at once; a larger pool streams through it once per epoch "
+              "(adaptive, oe: steps draw from the rows held; reject needs the whole pool); default: as many as "
+              "fit in 256 MiB of uint8 images (4 million 8x8 digits, 342,000 28x28, 1,700 224x224 RGB)", ge=1)
+
+    def pool_window(self, image_shape: tuple[int, int, int]) -> int:
+        """Rows a worker holds at once: the setting, or 256 MiB of uint8 images of `image_shape`."""
+        return self.pool_rows_per_worker or max(1, POOL_WINDOW_BYTES // math.prod(image_shape))
     ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
                                     "with a reject class, max_softmax for oe), max_softmax, max_logit, negative_energy, "
                                     "not_reject")

@@ -1,33 +1,40 @@
 """Hardening under Ray Train: fine-tune the baseline classifier on its data plus counterfeits.
 
-Each worker reads the stores itself (paths travel, not images) and splits the rows by id exactly as the
-driver does, so only the training rows are ever seen here. One checkpoint per epoch (model, optimiser
-and, in adaptive mode, the in-loop attacker's generator and its optimiser); a second start of the same
-run resumes from the last one. `hardening_parts` and `hardening_epoch` are the whole fine-tuning; the
-Ray loop wraps them, and `benchmarks/adaptive_hardening.py` runs them in one process to compare modes.
+The counterfeit pool reaches the workers as a Ray Data shard (`ray.train.get_dataset_shard`): Ray Data
+tasks read the store files one row group at a time and keep only the training rows (split by id exactly
+as `split_counterfeits` splits them), so neither the driver, which only scans the pool (ids, counts,
+checks), nor a worker holds more than its window of it (`ccc_ray/hardening/pool.py`). One checkpoint per
+epoch (model, optimiser and, in adaptive mode, the in-loop attacker's generator and its optimiser); a
+second start of the same run resumes from the last one. `hardening_parts` and `hardening_epoch` are the
+whole fine-tuning; the Ray loop wraps them, and `benchmarks/adaptive_hardening.py` runs them in one
+process to compare modes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.data import ExecutionOptions
 from torch.utils.data import DataLoader, TensorDataset
 
 from ccc_ray.classifiers.guard import DataGuard
 from ccc_ray.classifiers.training import accuracy, random_shift
-from ccc_ray.counterfeits.far import PIXELS, FarFromData, fit_far_rule
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, save_classifier
+from ccc_ray.classifiers.widen import widen_classifier
+from ccc_ray.counterfeits.far import PIXELS, FarFromData, fit_far_rule
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.hardening.adaptive import AdaptiveOutliers, noise_images
-from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
-from ccc_ray.classifiers.widen import widen_classifier
+from ccc_ray.hardening.pool import SCAN_ROWS, CounterfeitWindow, PoolScan, scan_pool, training_rows
 from ccc_ray.errors import CccError
 from ccc_ray.job import HardenSettings, JobConfig
 from ccc_ray.methods.base import MethodContext
@@ -35,6 +42,9 @@ from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
 from ccc_ray.store.files import ensure_writable_dir
+
+COUNTERFEITS = "counterfeits"  # the name of the pool's dataset, as the workers ask for their shard
+READ_TASKS = 2  # store files read at once
 
 
 def hardening_model(baseline: torch.nn.Module, mode: str, image_shape: tuple[int, int, int]) -> torch.nn.Module:
@@ -48,16 +58,25 @@ class HardeningParts:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: DataLoader  # (image, label) batches: real images, plus labelled counterfeits for reject
-    outlier_loader: DataLoader  # oe: counterfeit batches
+    outlier_loader: DataLoader | None  # oe: counterfeit batches (None: drawn from `window`)
     class_weights: torch.Tensor | None  # reject and adaptive: K + 1 weights
     adaptive: AdaptiveOutliers | None
+    window: CounterfeitWindow | None = None  # a pool larger than the worker holds, streamed once per epoch
 
 
-def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, counterfeits: torch.Tensor,
-                    far: FarFromData, device, world: int = 1, confidence_bar: float = 0.99) -> HardeningParts:
-    """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`."""
+def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset,
+                    counterfeits: torch.Tensor | CounterfeitWindow, far: FarFromData, device, world: int = 1,
+                    confidence_bar: float = 0.99) -> HardeningParts:
+    """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`.
+
+    `counterfeits`: float32 N x C x H x W in [0, 1], or a window onto a pool streamed through the worker
+    (adaptive and oe draw from it; reject needs the whole pool, so a window that cannot hold it fails).
+    """
     if cfg.mode == "auto":
         raise CccError("harden.mode auto is made concrete per data set first (with_concrete_mode)")
+    window = counterfeits if isinstance(counterfeits, CounterfeitWindow) else None
+    if window is not None and (window.fits or cfg.mode == "reject"):
+        counterfeits, window = window.images(), None
     torch.manual_seed(cfg.seed)
     model = hardening_model(baseline, cfg.mode, dataset.image_shape).to(device)
     k = dataset.num_classes
@@ -86,9 +105,10 @@ def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset, cou
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     loader = DataLoader(TensorDataset(images, labels), batch_size=per_worker, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    outlier_loader = DataLoader(TensorDataset(counterfeits), batch_size=per_worker, shuffle=True,
-                                generator=torch.Generator().manual_seed(cfg.seed + 1))
-    return HardeningParts(model, optimizer, loader, outlier_loader, class_weights, adaptive)
+    outlier_loader = None if window is not None else DataLoader(
+        TensorDataset(counterfeits), batch_size=per_worker, shuffle=True,
+        generator=torch.Generator().manual_seed(cfg.seed + 1))
+    return HardeningParts(model, optimizer, loader, outlier_loader, class_weights, adaptive, window)
 
 
 def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: int) -> float:
@@ -101,7 +121,10 @@ def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: in
     model.train()
     shift = torch.Generator().manual_seed(seed)
     attack = torch.Generator().manual_seed(seed + 1)
-    outlier_batches = itertools.cycle(parts.outlier_loader)
+    window = parts.window
+    outlier_batches = itertools.cycle(parts.outlier_loader) if window is None else None
+    if window is not None:
+        window.start_epoch(len(parts.loader))
     total, count = 0.0, 0
     for batch_images, batch_labels in parts.loader:
         batch_images = random_shift(batch_images, 1, shift).to(device)
@@ -113,8 +136,9 @@ def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: in
             labels = torch.cat([batch_labels, torch.full((len(outliers),), parts.class_weights.numel() - 1,
                                                          dtype=torch.int64, device=device)])
             loss = reject_class_loss(model(torch.cat([batch_images, outliers])), labels, parts.class_weights)
-        else:
-            (outlier_images,) = next(outlier_batches)
+        else:  # oe; a streamed pool gives a random batch of the rows its window holds now
+            outlier_images = next(outlier_batches)[0] if window is None else \
+                window[torch.randint(len(window), (len(batch_images),), generator=attack)]
             logits = model(torch.cat([batch_images, outlier_images.to(device)]))
             loss = outlier_exposure_loss(logits[:len(batch_images)], batch_labels, logits[len(batch_images):],
                                          cfg.outlier_weight)
@@ -123,6 +147,10 @@ def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: in
         parts.optimizer.step()
         total += float(loss.detach()) * len(batch_labels)
         count += len(batch_labels)
+        if window is not None:
+            window.step()
+    if window is not None:
+        window.finish_epoch()
     return total / max(count, 1)
 
 
@@ -140,11 +168,13 @@ def harden_train_loop(loop_config: dict) -> None:
     dataset = load_dataset(job.data)
     baseline, info = classifier_from_bytes(loop_config["baseline_bytes"], loop_config["baseline_path"],
                                            dataset.image_shape, dataset.num_classes)
-    split = split_counterfeits(loop_config["stores"], dataset.image_shape, dataset.num_classes,
-                               cfg.eval_fraction, cfg.split_seed)
+    shard = ray.train.get_dataset_shard(COUNTERFEITS)
+    window = CounterfeitWindow(
+        lambda: (batch["image"] for batch in shard.iter_batches(batch_size=SCAN_ROWS, batch_format="numpy")),
+        loop_config["train_rows"] // world, cfg.pool_window(dataset.image_shape))
     # The one far rule, fitted here on the run's data (feature space embeds with the baseline).
     far = fit_far_rule(job.far, dataset, model=baseline)
-    parts = hardening_parts(cfg, baseline, dataset, split.train_images, far, device, world,
+    parts = hardening_parts(cfg, baseline, dataset, window, far, device, world,
                             job.keep.confidence_bar)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -173,7 +203,8 @@ def harden_train_loop(loop_config: dict) -> None:
         if parts.adaptive is not None:  # the attacker resumes where it stopped, not from scratch
             state["attacker"] = parts.adaptive.state_dict()
         with checkpoint_to_report(state if rank == 0 else None) as ckpt:
-            ray.train.report({"epoch": epoch + 1, "train_loss": loss, "clean_accuracy": clean}, checkpoint=ckpt)
+            ray.train.report({"epoch": epoch + 1, "train_loss": loss, "clean_accuracy": clean,
+                              "counterfeit_rows": window.read}, checkpoint=ckpt)  # rank 0's share of the pool
 
 
 def fine_tune_in_process(baseline: torch.nn.Module, cfg: HardenSettings, dataset, counterfeits: torch.Tensor,
@@ -210,6 +241,27 @@ def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
                          cfg.guard_cap, reject_class=cfg.mode != "oe")
 
 
+def _read_training_rows(batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], eval_fraction: float,
+                        seed: int, dropped: dict[str, list[str]]) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray Data task: the training rows of its store files, one row group at a time."""
+    for file in batch["file"]:
+        for images in training_rows(str(file), image_shape, eval_fraction, seed, dropped.get(str(file), ())):
+            yield {"image": images}
+
+
+def counterfeit_dataset(scan: PoolScan, cfg: HardenSettings):
+    """The pool's training rows as a Ray Dataset of uint8 C x H x W `image`s, one read task per store file.
+
+    The reads reserve no CPU: they are light next to training, and must not wait for CPUs the Train workers
+    hold (on a cluster the workers fill, a CPU-reserving read would never be scheduled).
+    """
+    files = ray.data.from_items([{"file": file} for file in scan.files], override_num_blocks=len(scan.files))
+    return files.map_batches(_read_training_rows, batch_size=1, num_cpus=0,
+                             compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
+                             fn_kwargs={"image_shape": scan.image_shape, "eval_fraction": cfg.eval_fraction,
+                                        "seed": cfg.split_seed, "dropped": scan.dropped})
+
+
 def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], output: Path, name: str) -> tuple[ClassifierInfo, dict]:
     """Fine-tune the classifier at `baseline_path` with the counterfeits of `stores`; write it to `output`."""
     dataset = load_dataset(job.data)
@@ -220,12 +272,17 @@ def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], ou
     baseline, info = classifier_from_bytes(raw, str(baseline_path), dataset.image_shape, dataset.num_classes)
     if info.reject_class:
         raise CccError(f"{str(baseline_path)!r} already has a reject class; harden the baseline classifier")
-    # Fail on the driver for bad stores before any worker starts.
-    split_counterfeits(stores, dataset.image_shape, dataset.num_classes, job.harden.eval_fraction, job.harden.split_seed)
+    # The driver scans the pool (checks, counts, ids) and fails on bad stores before any worker starts.
+    scan = scan_pool(stores, dataset.image_shape, dataset.num_classes, job.harden.eval_fraction,
+                     job.harden.split_seed)
     ensure_writable_dir(output.parent, "run.output_dir")
     claim_run(job.run, name, {"harden": asdict(job.harden), "baseline": info.sha256, "stores": sorted(stores)})
-    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path), "stores": list(stores)}
-    result = fit(harden_train_loop, loop_config, job.run, name, "hardening")
+    loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path),
+                   "train_rows": scan.train_rows}
+    result = fit(harden_train_loop, loop_config, job.run, name, "hardening",
+                 datasets={COUNTERFEITS: counterfeit_dataset(scan, job.harden)},
+                 # plan order: with one worker the rows arrive in the order `split_counterfeits` gives them
+                 dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
     model = hardening_model(baseline, job.harden.mode, dataset.image_shape)
     model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
     model = guarded(job, model.eval(), dataset)

@@ -25,7 +25,7 @@ from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.evaluate import Evaluation, attack_success_rate, evaluate_classifier
 from ccc_ray.export.onnx_export import check_parity, export_onnx
-from ccc_ray.hardening.counterfeits import split_counterfeits
+from ccc_ray.hardening.pool import held_out_split
 from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
 from ccc_ray.orchestration.generation import generate_from_file
@@ -103,8 +103,9 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     baseline, info = load_classifier(baseline_path, dataset.image_shape, dataset.num_classes)
     stores = [store if "://" in store else str(Path(store).absolute()) for store in cfg.stores] \
         or [str(job.run.store_dir)]
-    first_split = split_counterfeits(stores, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
-                                     cfg.split_seed)  # bad stores fail here, before anything is written
+    # The driver holds the held-out rows only (evaluation); the training rows stream to the Train workers.
+    first_split = held_out_split(stores, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
+                                 cfg.split_seed)  # bad stores fail here, before anything is written
     baseline_generator = job.run.generator_file(job.generate.method)
     if not baseline_generator.is_file():
         raise CccError(f"run.generator_path: {str(baseline_generator)!r} does not exist; the baseline attack's "
@@ -154,7 +155,7 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
         this = round_job(job, round_index, baseline_path)
         round_dir = ensure_writable_dir(this.run.run_dir, "run.output_dir")
         hardened_path = round_dir / "classifier-hardened.safetensors"
-        split = split_counterfeits(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction, cfg.split_seed)
+        split = held_out_split(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction, cfg.split_seed)
         (round_dir / "counterfeit-split.json").write_text(json.dumps(
             {"stores": pool, "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed,
              "train_ids": split.train_ids, "held_out_ids": split.eval_ids}))

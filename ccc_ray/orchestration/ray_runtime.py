@@ -90,13 +90,17 @@ def training_failed(error: Exception, what: str) -> CccError:
                     "(see the Ray worker logs above)")
 
 
-def fit(train_loop, loop_config: dict, run: RunSettings, name: str, what: str):
-    """Run `train_loop` under a TorchTrainer named `name`; returns the Result, which has a checkpoint."""
+def fit(train_loop, loop_config: dict, run: RunSettings, name: str, what: str, datasets: dict | None = None,
+        dataset_config: ray.train.DataConfig | None = None):
+    """Run `train_loop` under a TorchTrainer named `name`; returns the Result, which has a checkpoint.
+
+    `datasets` (Ray Datasets, by name) reach the workers as shards: `ray.train.get_dataset_shard(name)`.
+    """
     from ray.train.torch import TorchTrainer
 
     ensure_ray()
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config,
-                           scaling_config=scaling_config(run), run_config=run_config(run, name))
+    trainer = TorchTrainer(train_loop, train_loop_config=loop_config, scaling_config=scaling_config(run),
+                           run_config=run_config(run, name), datasets=datasets, dataset_config=dataset_config)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:

@@ -8,6 +8,7 @@ failure names the file and what was wrong.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,13 @@ def _check_schema(schema: pa.Schema, file: str | Path) -> None:
 
 def _read_file(file: str | Path) -> pa.Table:
     """One store file, after its schema and declared size have been checked."""
+    (table,) = read_file_parts(file, None)
+    return table
+
+
+def read_file_parts(file: str | Path, batch_rows: int | None) -> Iterator[pa.Table]:
+    """One store file in COUNTERFEIT_SCHEMA, after its schema and declared size have been checked: one
+    table (`batch_rows` None), or tables of `batch_rows` rows streamed from it (memory: one row group)."""
     filesystem, inner = filesystem_for(file, "counterfeit store")
     try:
         with filesystem.open_input_file(inner) as handle:
@@ -82,11 +90,18 @@ def _read_file(file: str | Path) -> pa.Table:
                                f"more than the {MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB a store file may hold; "
                                "split it into several files")
             present = [name for name in COUNTERFEIT_SCHEMA.names if name in parquet.schema_arrow.names]
-            table = parquet.read(columns=present)
+            if batch_rows is None:
+                yield _with_optional_columns(parquet.read(columns=present))
+                return
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
+                yield _with_optional_columns(pa.Table.from_batches([batch]))
     except (pa.ArrowInvalid, OSError) as error:
         raise CccError(f"counterfeit store {str(file)!r} is not a Parquet file, or cannot be read "
                        f"({' '.join(str(error).split())[:300]})") from None
-    # Older stores lack the optional columns: all-null ones keep one schema across files.
+
+
+def _with_optional_columns(table: pa.Table) -> pa.Table:
+    """Older stores lack the optional columns: all-null ones keep one schema across files."""
     columns = [table[field.name] if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
                for field in COUNTERFEIT_SCHEMA]
     return pa.Table.from_arrays(columns, schema=COUNTERFEIT_SCHEMA)
@@ -144,20 +159,54 @@ def read_store(path: str | Path, image_shape: tuple[int, int, int] | None = None
     table = pa.concat_tables(tables)
     if table.num_rows == 0:
         raise CccError(f"counterfeit store {str(path)!r} is empty")
-    shapes = {(c, h, w) for c, h, w in zip(table["channels"].to_pylist(), table["height"].to_pylist(),
-                                            table["width"].to_pylist())}
+    _check_shapes(path, _shapes(table), image_shape)
+    if num_classes is not None:
+        _check_classes(path, pc.max(table["target"]).as_py(), num_classes)
+    return table
+
+
+def _shapes(table: pa.Table) -> set[tuple[int, int, int]]:
+    """The distinct (channels, height, width) of a table's rows."""
+    distinct = table.select(["channels", "height", "width"]).group_by(["channels", "height", "width"]).aggregate([])
+    return set(zip(*(distinct[name].to_pylist() for name in ("channels", "height", "width"))))
+
+
+def _check_shapes(path: str | Path, shapes: set[tuple[int, int, int]],
+                  image_shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """The one image shape of a store, or a CccError: mixed shapes, or not the data's."""
     if len(shapes) != 1:
         raise CccError(f"counterfeit store {str(path)!r} mixes image shapes {sorted(shapes)}")
     (shape,) = shapes
     if image_shape is not None and shape != tuple(image_shape):
         raise CccError(f"counterfeit store {str(path)!r} holds {'x'.join(map(str, shape))} images, "
                        f"expected {'x'.join(map(str, image_shape))}")
-    if num_classes is not None:
-        top = pc.max(table["target"]).as_py()
-        if top >= num_classes:
-            raise CccError(f"counterfeit store {str(path)!r} has target class {top}, "
-                           f"but the classifier has {num_classes} classes")
-    return table
+    return shape
+
+
+def _check_classes(path: str | Path, top: int, num_classes: int) -> None:
+    if top >= num_classes:
+        raise CccError(f"counterfeit store {str(path)!r} has target class {top}, "
+                       f"but the classifier has {num_classes} classes")
+
+
+def scan_store(path: str | Path, image_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+               batch_rows: int = 4096) -> Iterator[tuple[str | Path, pa.Table]]:
+    """(file, rows) of a store, `batch_rows` rows at a time, each part checked as `read_store` checks a table.
+
+    For stores larger than memory: one row group (and one part) is held at a time. The checks are those of
+    `read_store` (schema, values, one image shape across files, class count), except that an empty store
+    yields nothing instead of raising.
+    """
+    store_shape = set()
+    for file in store_files(path):
+        for table in read_file_parts(file, batch_rows):
+            _check_values(table, repr(str(file)))
+            if not table.num_rows:
+                continue
+            store_shape = {_check_shapes(path, _shapes(table) | store_shape, image_shape)}
+            if num_classes is not None:
+                _check_classes(path, pc.max(table["target"]).as_py(), num_classes)
+            yield file, table
 
 
 def table_images(table: pa.Table) -> torch.Tensor:

@@ -25,3 +25,10 @@ def test_auto_mode_follows_the_guard(overrides, shape, mode, guarded):
 def test_an_unresolved_auto_mode_never_trains(digits):
     with pytest.raises(CccError, match="auto"):
         hardening_parts(load_job(None, {}).harden, None, digits, None, None, "cpu")
+
+
+def test_the_pool_window_is_a_memory_budget_unless_set():
+    harden = load_job(None, {}).harden
+    assert harden.pool_window((1, 8, 8)) == 256 * 2**20 // 64  # reject's whole pool fits for digits
+    assert harden.pool_window((3, 224, 224)) == 256 * 2**20 // (3 * 224 * 224)
+    assert load_job(None, {"harden.pool_rows_per_worker": 100}).harden.pool_window((1, 8, 8)) == 100
