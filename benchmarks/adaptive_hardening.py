@@ -35,7 +35,6 @@ from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.data.real_ood import real_ood_images
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.evaluate import attack_success_rate, evaluate_classifier
-from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.job import HardenSettings
 from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.direct_encoding import DirectEncodingConfig, DirectEncodingEvolution

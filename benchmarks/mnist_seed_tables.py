@@ -18,7 +18,6 @@ on the stored uint8 image (`StoredImageClassifier`), as `ccc-ray attack` measure
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics

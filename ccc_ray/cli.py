@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ccc_ray.config import add_config_arguments, overrides_from_args
 from ccc_ray.errors import CccError

@@ -125,8 +125,8 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     # held-out rows (per family) as round 1.
     baseline_card, scorecard_stores = round_scorecard(job, 0, baseline_path, progress)
     pool = list(stores) + scorecard_stores
-    pool_split = split_counterfeits(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
-                                    cfg.split_seed) if scorecard_stores else first_split
+    pool_split = held_out_split(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
+                                cfg.split_seed) if scorecard_stores else first_split
     baseline_eval = evaluate(baseline, False, pool_split)
     attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset)
     rows = [{"round": 0, "model": str(baseline_path), "classifier_sha256": info.sha256,

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from ccc_ray import cli
-from ccc_ray.config import load_config
 from ccc_ray.data import DataConfig, load_dataset
 from ccc_ray.data.mnist_5k import load_mnist_5k_arrays, mnist_5k_path
 from ccc_ray.errors import CccError

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 import torchvision.transforms.v2 as T
 from torch import nn

@@ -11,7 +11,6 @@ import yaml
 from ccc_ray.cli import build_parser
 from ccc_ray.config import overrides_from_args
 from ccc_ray.job import load_job
-from ccc_ray.job import JobConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,6 @@ import pytest
 
 from ccc_ray.job import load_job
 from ccc_ray.errors import CccError
-from ccc_ray.job import JobConfig
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.store import read_store
 

@@ -10,7 +10,6 @@ import tempfile
 import pytest
 
 from ccc_ray.job import load_job
-from ccc_ray.job import JobConfig
 
 pytestmark = pytest.mark.slow
 BUCKET = "ccc-platform"
