@@ -66,6 +66,16 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_cluster_4_cpus():
+    """`ray_cluster` with four logical CPUs, so two Train workers fit next to the controller on 2 cores."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 # Processes a test starts in their own session (start_new_session=True), killed by pid: never `ray stop`
 # or a kill by name, which would reach other people's Ray clusters on a shared machine.
 def session_pids(session_id: int) -> list[int]:

@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 METHOD = "counterfactual"
 
 
-@pytest.fixture
-def ray_cluster():
-    """In-process Ray, shut down right after its test so no other local cluster overlaps it."""
-    import ray
-
-    # Four logical CPUs so two Train workers fit next to the controller on a 2-core CI machine.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def job(tmp_path: Path, run_id: str, classifier_file: Path, **overrides) -> JobConfig:
     settings = {"run.output_dir": str(tmp_path), "run.run_id": run_id, "run.classifier_path": str(classifier_file),
                 "generate.method": METHOD, f"{METHOD}.steps": 150, f"{METHOD}.batch_size": 64,
@@ -65,7 +54,7 @@ def figures(run_dir: Path, classifier_file: Path, digits) -> dict:
             "joint_k_plus_1": float((joint_logits.argmax(1) == digits.test_labels).float().mean())}
 
 
-def test_two_workers_reach_the_figures_of_one(ray_cluster, tmp_path, digits_classifier_file, digits):
+def test_two_workers_reach_the_figures_of_one(ray_cluster_4_cpus, tmp_path, digits_classifier_file, digits):
     results = {}
     for workers in (1, 2):
         # Without the adversarial reals (the paper's setting): this test is about sharding and gradient

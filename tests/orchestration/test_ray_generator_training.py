@@ -19,17 +19,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def ray_cluster():
-    """In-process Ray, shut down right after its test so no other local cluster overlaps it."""
-    import ray
-
-    # Four logical CPUs so two Train workers fit next to the controller on a 2-core CI machine.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def job(tmp_path: Path, run_id: str, classifier_file: Path, **overrides) -> JobConfig:
     settings = {"run.output_dir": str(tmp_path), "run.run_id": run_id, "run.classifier_path": str(classifier_file),
                 "inversion.steps": 500, "inversion.batch_size": 128, "run.checkpoint_every": 100,
@@ -38,7 +27,7 @@ def job(tmp_path: Path, run_id: str, classifier_file: Path, **overrides) -> JobC
     return load_job(None, settings)
 
 
-def test_two_workers_train_to_the_quality_of_one(ray_cluster, tmp_path, digits_classifier_file):
+def test_two_workers_train_to_the_quality_of_one(ray_cluster_4_cpus, tmp_path, digits_classifier_file):
     reports = {}
     for workers in (1, 2):
         config = job(tmp_path, f"w{workers}", digits_classifier_file, **{"run.num_workers": workers})
