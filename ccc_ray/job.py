@@ -30,6 +30,22 @@ from ccc_ray.store.writer import check_name
 
 POOL_WINDOW_BYTES = 256 * 2**20  # a hardening worker's default counterfeit window, in uint8 image bytes
 
+# Defaults a data set brings with it, where the digits defaults would make a run on it far longer than the
+# digits run for little gain: at 28x28 a generator step costs ~10x a digits step and the test accuracy is
+# flat from epoch 25 on (docs/BENCHMARKS.md, issue 13). They sit between the defaults and the YAML file, so
+# a file or a flag overrides each one; `--print-config` shows the result.
+DATA_SET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist_5k": {
+        "run.run_id": "mnist_5k",          # not the digits run's folder, which the same run id would resume
+        "classifier.epochs": 25,           # test accuracy 98.2-98.9% from epoch 25 on (40 epochs: 98.8%)
+        "inversion.steps": 400,            # training confidence at 0.997 by step 400
+        "harden.reattack_steps": 400,
+        "scorecard.per_class": 2,          # the baseline's and every round's scorecard, at a 28x28 step's cost
+        "scorecard.generator_steps": 150,
+        "scorecard.generations": 50,
+    },
+}
+
 
 @dataclass
 class RunSettings:
@@ -327,12 +343,26 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[name] = value
 
 
+def with_data_set_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with its data set's own defaults (`DATA_SET_DEFAULTS`) wherever `tree` leaves a setting unset."""
+    data = tree.get("data") or {}
+    name = data.get("name", DataConfig().name) if isinstance(data, dict) else DataConfig().name
+    for dotted, value in DATA_SET_DEFAULTS.get(name, {}).items():
+        section, _, key = dotted.partition(".")
+        node = tree.get(section)
+        if node is None:
+            node = tree[section] = {}
+        if isinstance(node, dict):
+            node.setdefault(key, value)
+    return tree
+
+
 def load_job(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Defaults, then the YAML file, then dotted overrides; validated once at the end."""
+    """Defaults, then the data set's own defaults, then the YAML file, then dotted overrides; validated once."""
     tree: dict[str, Any] = read_yaml(yaml_path) if yaml_path else {}
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
-    job = job_from_tree(tree)
+    job = job_from_tree(with_data_set_defaults(tree))
     validate_config(job)
     return job
 

@@ -17,7 +17,8 @@ SOURCES = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10", "svhn", "i
 
 @dataclass
 class DataConfig:
-    name: str = option("digits", f"data set: {' | '.join(SOURCES)}")
+    name: str = option("digits", f"data set: {' | '.join(SOURCES)} (mnist_5k brings its own run id and "
+                                 "training budget, under the file and the flags: README)")
     root: str | None = option(None, "local folder (torchvision sets, image_folder) or Parquet file/folder")
     download: bool = option(False, "torchvision sets only: download into root if missing")
     test_fraction: float = option(0.2, "share held out for testing where the source has no test split", gt=0, lt=1)

@@ -66,12 +66,23 @@ def test_needs_no_root_and_conforms_size_and_channels():
     assert torch.equal(dataset.train_images[:, 0], dataset.train_images[:, 2])
 
 
-def test_the_shipped_mnist_config_loads_and_leaves_digits_defaults_alone():
-    config_file = Path(__file__).resolve().parents[2] / "configs" / "mnist_5k.yaml"
-    job = load_job(config_file)
-    assert job.data.name == "mnist_5k" and job.data.root is None
-    assert job.method_config("inversion").steps < JobConfig().method_config("inversion").steps
-    assert JobConfig().data.name == "digits"
+def test_mnist_brings_its_own_budget_under_the_file_and_the_flags(tmp_path):
+    """`--data.name mnist_5k` alone gets the 28x28 budget and its own run folder; a file or a flag beats each
+    value; digits keeps its defaults."""
+    job = load_job(overrides={"data.name": "mnist_5k"})
+    assert job.data.name == "mnist_5k" and job.data.root is None and job.run.run_id == "mnist_5k"
+    assert job.method_config("inversion").steps == 400 < JobConfig().method_config("inversion").steps
+    assert (job.classifier.epochs, job.harden.reattack_steps, job.scorecard.per_class) == (25, 400, 2)
+    flagged = load_job(overrides={"data.name": "mnist_5k", "inversion.steps": "700", "run.run_id": "mine"})
+    assert flagged.method_config("inversion").steps == 700 and flagged.run.run_id == "mine"
+    config_file = tmp_path / "mnist.yaml"
+    config_file.write_text("data:\n  name: mnist_5k\nclassifier:\n  epochs: 3\n")
+    from_file = load_job(config_file)
+    assert from_file.classifier.epochs == 3 and from_file.method_config("inversion").steps == 400
+    digits = load_job()
+    assert digits.data.name == "digits" and digits.run.run_id == "default"
+    assert (digits.classifier.epochs, digits.method_config("inversion").steps) == \
+        (JobConfig().classifier.epochs, JobConfig().method_config("inversion").steps)
 
 
 # ---------------------------------------------------------------- bad installs
