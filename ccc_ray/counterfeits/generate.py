@@ -90,6 +90,15 @@ def sample_plan(num_classes: int, per_class: int, batch_size: int) -> list[tuple
             for chunk, start in enumerate(range(0, total, batch_size))]
 
 
+def kept_and_far(scored, far: FarFromData | None) -> tuple[torch.Tensor, int]:
+    """The keep rule's rows, less the confident ones near the data when a far rule is given, and how many
+    confident rows were dropped as near."""
+    if far is None:
+        return scored.kept, 0
+    too_near = scored.kept & ~far.is_far(scored.stored)
+    return scored.kept & ~too_near, int(too_near.sum())
+
+
 def sample_chunk(method, classifier, dataset: ImageDataset, per_class: int, chunk: int, start: int, stop: int, *,
                  confidence_bar: float, seed: int, device: torch.device | str = "cpu",
                  far: FarFromData | None = None) -> KeptChunk:
@@ -100,12 +109,7 @@ def sample_chunk(method, classifier, dataset: ImageDataset, per_class: int, chun
     targets = torch.arange(dataset.num_classes).repeat_interleave(per_class)[start:stop]
     sampled = method.sample_with_lineage(targets, seed * 100_003 + chunk, dataset)
     scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
-    keep = scored.kept
-    near_dropped = 0
-    if far is not None:
-        too_near = keep & ~far.is_far(scored.stored)
-        near_dropped = int(too_near.sum())
-        keep = keep & ~too_near
+    keep, near_dropped = kept_and_far(scored, far)
     lineage = lineage_columns(sampled, keep)
     return KeptChunk(
         chunk, len(targets), scored.stored[keep].permute(0, 2, 3, 1).contiguous().numpy(), targets[keep].numpy(),
@@ -225,12 +229,7 @@ def translate_sources(method, classifier, classifier_sha256: str, dataset: Image
     rule (and the far rule) like sampled ones, and written as one chunk; nothing is written if none is kept."""
     sampled = method.sample_from(sources.to(device), source_ids, targets.to(device), seed)
     scored = score_as_stored(sampled.images, targets, classifier, confidence_bar, device)
-    keep = scored.kept
-    near_dropped = 0
-    if far is not None:
-        too_near = keep & ~far.is_far(scored.stored)
-        near_dropped = int(too_near.sum())
-        keep = keep & ~too_near
+    keep, near_dropped = kept_and_far(scored, far)
     lineage = lineage_columns(sampled, keep)
     images_hwc = scored.stored[keep].permute(0, 2, 3, 1).contiguous().numpy()
     distances = nearest_distances(scored.images[keep], dataset.train_images)
