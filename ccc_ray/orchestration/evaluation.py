@@ -28,7 +28,7 @@ import torch
 
 from ccc_ray.classifiers.training import predict_logits
 from ccc_ray.classifiers.weights import classifier_from_bytes
-from ccc_ray.data.real_ood import real_ood_images, real_ood_plans, render_real_ood
+from ccc_ray.data.real_ood import REAL_OOD_SETS, real_ood_images, real_ood_plans, render_real_ood
 from ccc_ray.evaluate import Evaluation, evaluation_from_scores, row_scores, score_images
 from ccc_ray.hardening.pool import PoolScan, held_out_rows, split_rows
 from ccc_ray.job import JobConfig
@@ -98,6 +98,11 @@ def _render_real_ood(batch: dict[str, np.ndarray], name: str, set_index: int,
             "family": np.full(len(images), -1, np.int32)}
 
 
+def read_tasks(inputs: int) -> ray.data.TaskPoolStrategy:
+    """At most `READ_TASKS` read (or render) tasks at once, and no more than there are inputs."""
+    return ray.data.TaskPoolStrategy(size=max(1, min(READ_TASKS, inputs)))
+
+
 def score_sets_on_ray(job: JobConfig, model_path: Path, scan: PoolScan, actors: int,
                       use_gpu: bool) -> dict[str, dict[str, np.ndarray]]:
     """OOD set -> score -> float32 per row, for the held-out rows of `scan` (pooled and per family) and the
@@ -105,10 +110,9 @@ def score_sets_on_ray(job: JobConfig, model_path: Path, scan: PoolScan, actors: 
     cfg = job.harden
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in the order `held_out_split` reads them
-    reads = ray.data.TaskPoolStrategy(size=READ_TASKS)
     # The reads reserve no CPU, so a pool of actors that fills the cluster cannot starve them.
     files = ray.data.from_items([{"file": file} for file in scan.files], override_num_blocks=len(scan.files))
-    parts = [files.map_batches(_read_held_out, batch_size=1, num_cpus=0, compute=reads,
+    parts = [files.map_batches(_read_held_out, batch_size=1, num_cpus=0, compute=read_tasks(len(scan.files)),
                                fn_kwargs={"image_shape": scan.image_shape, "eval_fraction": cfg.eval_fraction,
                                           "seed": cfg.split_seed, "dropped": scan.dropped,
                                           "families": scan.held_out_families})]
@@ -116,7 +120,7 @@ def score_sets_on_ray(job: JobConfig, model_path: Path, scan: PoolScan, actors: 
     for name, plan in real_ood_plans(cfg.real_ood_per_set, cfg.seed).items():
         blocks = [plan[start:start + RENDER_ROWS] for start in range(0, len(plan), RENDER_ROWS)]
         parts.append(ray.data.from_numpy(blocks).map_batches(
-            _render_real_ood, batch_size=None, num_cpus=0, compute=reads,
+            _render_real_ood, batch_size=None, num_cpus=0, compute=read_tasks(len(blocks)),
             fn_kwargs={"name": name, "set_index": len(set_names), "image_shape": scan.image_shape}))
         set_names.append(name)
     scored = parts[0].union(*parts[1:]).map_batches(
@@ -144,7 +148,7 @@ def score_sets_on_ray(job: JobConfig, model_path: Path, scan: PoolScan, actors: 
 def score_sets_in_process(job: JobConfig, model: torch.nn.Module, reject_class: bool, scan: PoolScan,
                           device: torch.device | str) -> dict[str, dict[str, np.ndarray]]:
     """`score_sets_on_ray` in this process: the held-out rows and the real OOD sets in memory here, each set
-    (each family's too) scored as one batch of sets, as `evaluate_classifier` scores them."""
+    (each family's too) scored on its own, as `evaluate_classifier` scores them."""
     cfg = job.harden
     images, methods = held_out_rows(scan, cfg.eval_fraction, cfg.split_seed)
     sets = {HELD_OUT: images}
@@ -168,7 +172,7 @@ def evaluate_on_pool(job: JobConfig, dataset, model: torch.nn.Module, model_path
     model = model.to(device)
     logits_in = predict_logits(model, dataset.test_images, device)
     clean = float((logits_in.argmax(1) == dataset.test_labels).double().mean())
-    actors = eval_actor_count(job, scan.eval_rows + 2 * job.harden.real_ood_per_set)
+    actors = eval_actor_count(job, scan.eval_rows + len(REAL_OOD_SETS) * job.harden.real_ood_per_set)
     if actors:
         ensure_ray()
         scores_out = score_sets_on_ray(job, model_path, scan, actors, resolve_use_gpu(job.run))
