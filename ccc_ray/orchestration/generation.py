@@ -131,7 +131,8 @@ def chunk_pipeline(plan: list[tuple[int, int, int]], actor_class: type[Generator
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # chunks reach the caller in plan order
     ds = ray.data.from_items([{"chunk": c, "start": a, "stop": b} for c, a, b in plan])
-    ds = ds.map_batches(actor_class, batch_size=1, concurrency=actors, num_gpus=1 if use_gpu else 0,
+    ds = ds.map_batches(actor_class, batch_size=1, concurrency=max(1, min(actors, len(plan))),  # no idle actors
+                        num_gpus=1 if use_gpu else 0,
                         num_cpus=cpus_per_actor, fn_constructor_kwargs=constructor_kwargs)
     return ds.iter_batches(batch_size=None, batch_format="numpy")
 

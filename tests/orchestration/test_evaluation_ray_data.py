@@ -84,11 +84,11 @@ def test_the_re_attack_on_ray_data_judges_the_samples_the_driver_judges(tmp_path
                                                                        digits_classifier_file, digits_generator_file):
     model, _ = load_classifier(digits_classifier_file)
     figures = {}
-    for actors in (0, 1, 2):
+    for actors in (0, 2):  # in process, and two actors sharing the chunks
         job = load_job(None, {"generate.per_class": "6", "generate.batch_size": "16", "keep.confidence_bar": "0.2",
                               "generate.num_actors": str(actors), "generate.cpus_per_actor": "0.5"})
         far = fit_far_rule(job.far, digits, digits_classifier_file)
         figures[actors] = reattack_success(job, digits_generator_file, digits_classifier_file, model, False,
                                            "max_softmax", 0.3, far, torch.device("cpu"))
     assert figures[0]["samples"] == 60 and 0 < figures[0]["confident_share"] < 1
-    assert figures[1] == figures[0] == figures[2]
+    assert figures[2] == figures[0]
