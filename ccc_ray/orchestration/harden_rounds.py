@@ -5,6 +5,11 @@ first attack is the run's own store), evaluates it, and attacks it afresh with a
 re-attack's counterfeits join the pool of round r + 1. Each round lives in its own folder
 `<run>/rounds/<run_id>.r<r>/`, a run of its own with classifier, generator, store and Ray checkpoints,
 so an interrupted loop resumes where it stopped when started again with the same settings.
+
+The driver never holds the pool: it scans it (checks, counts, ids); the training rows reach the Train
+workers as Ray Data shards (`harden_classifier.py`), the held-out rows and the real OOD sets reach
+evaluation's scoring actors (`evaluation.py`) and the re-attack samples on `generate`'s pipeline
+(`reattack.py`), each in this process instead below its line of 20,000 images.
 """
 
 from __future__ import annotations
