@@ -173,6 +173,10 @@ class HardenSettings:
     reattack_steps: int | None = option(None, "generator steps of each re-attack (default: the method's steps)",
                                         ge=1)
     real_ood_per_set: int = option(500, "images per real OOD set in the evaluation", ge=10)
+    eval_actors: int = option(0, "Ray Data actors that score the held-out counterfeits and real OOD sets (each "
+                                 "holds the classifier once); 0 = in this process below 20,000 images, else one "
+                                 "per CPU (GPU)", ge=0)
+    eval_cpus_per_actor: float = option(1.0, "CPUs reserved per evaluation actor", gt=0)
     seed: int = option(0, "seed of fine-tuning and noise images")
 
     def validate(self) -> None:

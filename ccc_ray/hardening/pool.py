@@ -6,7 +6,10 @@ held-out rows by `is_eval_row`), in the same order; what changes is who holds th
   part as `read_store` checks it, counting the training rows; it keeps an 8-byte fingerprint per row to
   find ids seen in an earlier file (0.8 MB per 100,000 rows), never an image;
 - the training rows are read file by file (`training_rows`: one row group at a time), in the loop that
-  feeds the workers (Ray Data in `ccc_ray/orchestration/harden_classifier.py`);
+  feeds the workers (Ray Data in `ccc_ray/orchestration/harden_classifier.py`); the held-out rows the same
+  way (`split_rows(..., held_out=True)`), by the tasks that feed evaluation's scoring actors
+  (`ccc_ray/orchestration/evaluation.py`), and the split's record of ids is written part by part
+  (`write_split_ids`);
 - a worker holds its share through a `CounterfeitWindow`: all of it when it fits `rows_per_worker`
   (then training is exactly what it was with the whole pool in memory), else a window of that many rows
   sliding through the share once per epoch, from which each step draws at random.
@@ -17,6 +20,10 @@ Images: uint8 N x C x H x W as stored; the window hands out float32 in [0, 1] (`
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +48,7 @@ class PoolScan:
     eval_rows: int
     image_shape: tuple[int, int, int]
     dropped: dict[str, list[str]] = field(default_factory=dict)  # file -> ids already in an earlier file
+    held_out_families: list[str] = field(default_factory=list)  # the store `method`s of the held-out rows, sorted
 
 
 def _fingerprints(ids: list[str]) -> np.ndarray:
@@ -95,13 +103,41 @@ def scan_pool(stores: list[str | Path], image_shape: tuple[int, int, int], num_c
     """Check every store file and count the training rows, holding one part of one file at a time."""
     train_rows = eval_rows = 0
     dropped: dict[str, list[str]] = {}
-    for file, _, ids, seen, held_out in _pool_parts(stores, image_shape, num_classes, eval_fraction, seed):
+    families: set[str] = set()
+    for file, table, ids, seen, held_out in _pool_parts(stores, image_shape, num_classes, eval_fraction, seed):
         if seen.any():
             dropped.setdefault(file, []).extend(row for row, old in zip(ids, seen) if old)
+        if held_out.any():
+            families.update(table["method"].filter(pa.array(held_out)).unique().to_pylist())
         eval_rows += int(held_out.sum())
         train_rows += int((~held_out & ~seen).sum())
     _check_split(train_rows, eval_rows, eval_fraction)
-    return PoolScan(pool_files(stores), train_rows, eval_rows, tuple(image_shape), dropped)
+    return PoolScan(pool_files(stores), train_rows, eval_rows, tuple(image_shape), dropped, sorted(families))
+
+
+def write_split_ids(path: Path, stores: list[str | Path], image_shape: tuple[int, int, int], num_classes: int,
+                    eval_fraction: float, seed: int) -> None:
+    """The split's record, `{"stores", "eval_fraction", "split_seed", "train_ids", "held_out_ids"}` as JSON
+    (the ids of `held_out_split`), written part by part: ids are never all in memory. Atomic (a hidden
+    temporary file, then a rename)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as record, tempfile.TemporaryFile("w+") as held_ids:
+        head = json.dumps({"stores": [str(store) for store in stores], "eval_fraction": eval_fraction,
+                           "split_seed": seed})
+        record.write(head[:-1] + ', "train_ids": [')
+        separators = {"train": "", "held": ""}
+        for _, _, ids, seen, held_out in _pool_parts(stores, image_shape, num_classes, eval_fraction, seed):
+            for row, old, held in zip(ids, seen, held_out):
+                if old:
+                    continue
+                side, out = ("held", held_ids) if held else ("train", record)
+                out.write(separators[side] + json.dumps(row))
+                separators[side] = ", "
+        held_ids.seek(0)
+        record.write('], "held_out_ids": [')
+        shutil.copyfileobj(held_ids, record)
+        record.write("]}")
+    os.replace(temporary, path)
 
 
 def held_out_split(stores: list[str | Path], image_shape: tuple[int, int, int], num_classes: int,
@@ -124,23 +160,51 @@ def held_out_split(stores: list[str | Path], image_shape: tuple[int, int, int], 
                             torch.cat(images), torch.cat(targets), eval_ids, methods)
 
 
-def training_rows(file: str, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,
-                  dropped: Iterable[str] = ()) -> Iterator[np.ndarray]:
-    """The training rows of one store file as uint8 N x C x H x W parts, in file order (no held-out row,
-    no id in `dropped`). The file was checked by `scan_pool`; the schema and size are checked again."""
+def split_rows(file: str, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,
+               dropped: Iterable[str] = (), held_out: bool = False) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """The training rows (or, `held_out`, the held-out rows) of one store file, in file order, no id in
+    `dropped`: per part, the images as uint8 N x C x H x W and the part's rows. The file was checked by
+    `scan_pool`; the schema and size are checked again."""
     c, h, w = image_shape
     dropped = set(dropped)
     for table in read_file_parts(file, SCAN_ROWS):
         ids = table["id"].to_pylist()
-        keep = ~is_eval_row(ids, eval_fraction, seed)
+        keep = is_eval_row(ids, eval_fraction, seed) == held_out
         if dropped:
             keep &= np.array([row not in dropped for row in ids], bool)
         if not keep.any():
             continue
-        column = table["image"].filter(pa.array(keep)).combine_chunks()
+        part = table.filter(pa.array(keep))
+        column = part["image"].combine_chunks()
         start = np.frombuffer(column.buffers()[1], np.int32)[column.offset]
         pixels = np.frombuffer(column.buffers()[2], np.uint8)[start:start + len(column) * c * h * w]
-        yield pixels.reshape(len(column), h, w, c).transpose(0, 3, 1, 2).copy()
+        yield pixels.reshape(len(column), h, w, c).transpose(0, 3, 1, 2).copy(), part
+
+
+def training_rows(file: str, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,
+                  dropped: Iterable[str] = ()) -> Iterator[np.ndarray]:
+    """The training rows of one store file as uint8 N x C x H x W parts, in file order (`split_rows`)."""
+    for images, _ in split_rows(file, image_shape, eval_fraction, seed, dropped):
+        yield images
+
+
+def held_out_rows(scan: PoolScan, eval_fraction: float, seed: int,
+                  limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The held-out rows of the pool in `held_out_split`'s order (the first `limit` of them, if given): images
+    as float32 N x C x H x W in [0, 1] (as `table_images`) and their store `method`s, read part by part."""
+    parts, methods, count = [], [], 0
+    for file in scan.files:
+        for images, part in split_rows(file, scan.image_shape, eval_fraction, seed, scan.dropped.get(file, ()),
+                                       held_out=True):
+            take = len(images) if limit is None else min(len(images), limit - count)
+            parts.append(images[:take])
+            methods += part["method"].slice(0, take).to_pylist()
+            count += take
+            if limit is not None and count >= limit:
+                break
+        if limit is not None and count >= limit:
+            break
+    return torch.from_numpy(np.concatenate(parts)).float().div_(255.0), methods
 
 
 class CounterfeitWindow:

@@ -18,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import classifier_from_bytes, load_classifier
@@ -37,27 +36,36 @@ from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
 from ccc_ray.methods.generator_file import load_generator
-from ccc_ray.orchestration.ray_runtime import ensure_ray, resolve_use_gpu, versions
+from ccc_ray.orchestration.ray_runtime import actor_pool_size, ensure_ray, resolve_use_gpu, versions
 from ccc_ray.store.files import ensure_writable_dir
 
 IN_PROCESS_LIMIT = 20_000  # samples: below this `generate` samples in the calling process by default
 
 
-class ChunkSampler:
-    """A Ray Data actor: the generator and classifier loaded once, then one chunk of the plan per call."""
+class GeneratorActor:
+    """A Ray Data actor's state: the generator and the classifier it judges by, loaded once per actor (on the
+    actor's GPU when it has one). Subclasses handle one chunk of a sample plan per call."""
 
     def __init__(self, generator_bytes: bytes, classifier_bytes: bytes, classifier_path: str, data: DataConfig,
-                 per_class: int, confidence_bar: float, seed: int, use_gpu: bool, far: FarFromData | None):
+                 use_gpu: bool):
         import torch
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dataset = load_dataset(data)
-        classifier, _ = classifier_from_bytes(classifier_bytes, classifier_path)
+        classifier, self.classifier_info = classifier_from_bytes(classifier_bytes, classifier_path)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
         with tempfile.TemporaryDirectory(prefix="ccc-generate-") as folder:
             file = Path(folder) / "generator.safetensors"
             file.write_bytes(generator_bytes)
             self.method, _ = load_generator(file, self.device, self.classifier)
+
+
+class ChunkSampler(GeneratorActor):
+    """`generate`'s actor: sample a chunk, keep by the keep rule (and the far rule), return the kept rows."""
+
+    def __init__(self, generator_bytes: bytes, classifier_bytes: bytes, classifier_path: str, data: DataConfig,
+                 per_class: int, confidence_bar: float, seed: int, use_gpu: bool, far: FarFromData | None):
+        super().__init__(generator_bytes, classifier_bytes, classifier_path, data, use_gpu)
         self.per_class, self.confidence_bar, self.seed, self.far = per_class, confidence_bar, seed, far
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,24 +121,32 @@ def chunks_from_batches(batches) -> Iterator[KeptChunk]:
                 int(batch["near_dropped"][batch["chunk"] == chunk][0]))
 
 
-def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: bool, far: FarFromData | None):
-    """The run's chunks sampled by a Ray Data actor pool, streamed back in plan order."""
+def chunk_pipeline(plan: list[tuple[int, int, int]], actor_class: type[GeneratorActor], constructor_kwargs: dict,
+                   actors: int, use_gpu: bool, cpus_per_actor: float):
+    """A sample plan (chunk, start, stop) through a Ray Data pool of `actors` actors of `actor_class`, one chunk
+    per call; their output batches streamed back in plan order. The pipeline of `generate` and of the
+    re-attack alike (`ccc_ray/orchestration/reattack.py`)."""
     import ray.data
 
-    plan = sample_plan(len(load_dataset(job.data).class_names), job.generate.per_class, job.generate.batch_size)
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # chunks reach the writer in plan order
+    context.execution_options.preserve_order = True  # chunks reach the caller in plan order
     ds = ray.data.from_items([{"chunk": c, "start": a, "stop": b} for c, a, b in plan])
+    ds = ds.map_batches(actor_class, batch_size=1, concurrency=max(1, min(actors, len(plan))),  # no idle actors
+                        num_gpus=1 if use_gpu else 0,
+                        num_cpus=cpus_per_actor, fn_constructor_kwargs=constructor_kwargs)
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def ray_data_chunks(job: JobConfig, generator_file: Path, actors: int, use_gpu: bool, far: FarFromData | None):
+    """The run's chunks sampled by a Ray Data actor pool, streamed back in plan order."""
+    plan = sample_plan(len(load_dataset(job.data).class_names), job.generate.per_class, job.generate.batch_size)
     classifier_file = job.run.classifier_file
-    ds = ds.map_batches(
-        ChunkSampler, batch_size=1, concurrency=actors, num_gpus=1 if use_gpu else 0,
-        num_cpus=job.generate.cpus_per_actor,
-        fn_constructor_kwargs={"generator_bytes": generator_file.read_bytes(),
-                               "classifier_bytes": classifier_file.read_bytes(),
-                               "classifier_path": str(classifier_file), "data": job.data,
-                               "per_class": job.generate.per_class, "confidence_bar": job.keep.confidence_bar,
-                               "seed": job.generate.seed, "use_gpu": use_gpu, "far": far})
-    return chunks_from_batches(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    return chunks_from_batches(chunk_pipeline(
+        plan, ChunkSampler,
+        {"generator_bytes": generator_file.read_bytes(), "classifier_bytes": classifier_file.read_bytes(),
+         "classifier_path": str(classifier_file), "data": job.data, "per_class": job.generate.per_class,
+         "confidence_bar": job.keep.confidence_bar, "seed": job.generate.seed, "use_gpu": use_gpu, "far": far},
+        actors, use_gpu, job.generate.cpus_per_actor))
 
 
 def actor_count(job: JobConfig) -> int:
@@ -141,9 +157,7 @@ def actor_count(job: JobConfig) -> int:
     if samples < IN_PROCESS_LIMIT:
         return 0
     ensure_ray()
-    resources = ray.cluster_resources()
-    return max(1, int(resources.get("GPU", 0)) if resolve_use_gpu(job.run)
-               else int(resources.get("CPU", 1) // job.generate.cpus_per_actor))
+    return actor_pool_size(job.run, job.generate.cpus_per_actor)
 
 
 def generate_from_sources(job: JobConfig) -> GenerateReport:

@@ -5,6 +5,11 @@ first attack is the run's own store), evaluates it, and attacks it afresh with a
 re-attack's counterfeits join the pool of round r + 1. Each round lives in its own folder
 `<run>/rounds/<run_id>.r<r>/`, a run of its own with classifier, generator, store and Ray checkpoints,
 so an interrupted loop resumes where it stopped when started again with the same settings.
+
+The driver never holds the pool: it scans it (checks, counts, ids); the training rows reach the Train
+workers as Ray Data shards (`harden_classifier.py`), the held-out rows and the real OOD sets reach
+evaluation's scoring actors (`evaluation.py`) and the re-attack samples on `generate`'s pipeline
+(`reattack.py`), each in this process instead below its line of 20,000 images.
 """
 
 from __future__ import annotations
@@ -14,30 +19,30 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_curve
 
 from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.counterfeits.far import fit_far_rule
-from ccc_ray.data.real_ood import real_ood_images
+from ccc_ray.data.real_ood import REAL_OOD_SETS
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
-from ccc_ray.evaluate import Evaluation, attack_success_rate, evaluate_classifier
+from ccc_ray.evaluate import Evaluation
 from ccc_ray.export.onnx_export import check_parity, export_onnx
-from ccc_ray.hardening.pool import held_out_split
+from ccc_ray.hardening.pool import PoolScan, held_out_rows, scan_pool, write_split_ids
 from ccc_ray.job import JobConfig
-from ccc_ray.methods.generator_file import load_generator
+from ccc_ray.orchestration.evaluation import HELD_OUT, evaluate_on_pool
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_classifier import harden_classifier, with_concrete_mode
+from ccc_ray.orchestration.reattack import reattack_success
 from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
-from ccc_ray.store.reader import read_store, table_images
+from ccc_ray.store.reader import first_rows_per_class
 
-HELD_OUT = "counterfeits_held_out"
-REATTACK_SEED_OFFSET = 7_919  # re-attack samples for the success rate use other latents than the store
+GRID_PER_CLASS = 8  # counterfeits per class in counterfeits.png
+PARITY_ROWS = 4096  # held-out counterfeits the ONNX export's parity check compares (the first of the pool)
 
 
 def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobConfig:
@@ -50,13 +55,6 @@ def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobCon
                               storage_path=job.run.storage_path)  # shared storage on multi-node clusters
     return dataclasses.replace(job, run=run).with_method_config(
         method, dataclasses.replace(job.method_config(method), steps=steps))
-
-
-def sample_attack(job: JobConfig, generator_file: Path, count_per_class: int, dataset):
-    """A fresh sample of the attack (other seeds than the store's), as float images; the keep rule quantizes."""
-    method, _ = load_generator(generator_file)
-    targets = torch.arange(dataset.num_classes).repeat_interleave(count_per_class)
-    return method.sample_with_lineage(targets, job.generate.seed + REATTACK_SEED_OFFSET, dataset).images, targets
 
 
 def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress) -> tuple[dict | None, list[str]]:
@@ -76,16 +74,6 @@ def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress
             list(card["stores"].values()))
 
 
-def held_out_by_family(split) -> dict[str, torch.Tensor]:
-    """The held-out counterfeits of each family (store `method`) as their own OOD set, where the pool has
-    more than one family; the pooled set stays `counterfeits_held_out`."""
-    families = sorted(set(split.eval_methods))
-    if len(families) < 2:
-        return {}
-    methods = np.asarray(split.eval_methods)
-    return {f"{HELD_OUT}:{family}": split.eval_images[torch.from_numpy(methods == family)] for family in families}
-
-
 def roc_points(evaluation: Evaluation, set_name: str) -> tuple[np.ndarray, np.ndarray, float]:
     score = evaluation.primary_score
     scores_in, scores_out = evaluation.scores_in[score], evaluation.scores_out[set_name][score]
@@ -103,38 +91,38 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
     baseline, info = load_classifier(baseline_path, dataset.image_shape, dataset.num_classes)
     stores = [store if "://" in store else str(Path(store).absolute()) for store in cfg.stores] \
         or [str(job.run.store_dir)]
-    # The driver holds the held-out rows only (evaluation); the training rows stream to the Train workers.
-    first_split = held_out_split(stores, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
-                                 cfg.split_seed)  # bad stores fail here, before anything is written
+
+    def pool_scan(pool: list[str]) -> PoolScan:
+        return scan_pool(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction, cfg.split_seed)
+
+    # The driver only scans the pool (checks, counts, ids): the training rows stream to the Train workers, the
+    # held-out rows to the evaluation's scoring actors (`evaluate_on_pool`).
+    first_scan = pool_scan(stores)  # bad stores fail here, before anything is written
     baseline_generator = job.run.generator_file(job.generate.method)
     if not baseline_generator.is_file():
         raise CccError(f"run.generator_path: {str(baseline_generator)!r} does not exist; the baseline attack's "
                        "generator is needed for the re-attack figures (run `ccc-ray train-generator`)")
     run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
     device = default_device()
-    real_ood = real_ood_images(dataset.image_shape, cfg.real_ood_per_set, cfg.seed)
-    per_class = job.generate.per_class
     far = fit_far_rule(job.far, dataset, baseline_path)  # a re-attack success must be far, as on the scorecard
 
-    def evaluate(model, reject: bool, split) -> Evaluation:
-        return evaluate_classifier(model.to(device), reject, dataset.test_images, dataset.test_labels,
-                                   {HELD_OUT: split.eval_images, **held_out_by_family(split), **real_ood}, cfg.score,
-                                   device)
+    def evaluate(model, model_path: Path, reject: bool, scan: PoolScan) -> Evaluation:
+        return evaluate_on_pool(job, dataset, model, model_path, reject, scan, device)
+
+    def reattack(attacker: JobConfig, model, model_path: Path, reject: bool, evaluation: Evaluation) -> dict:
+        return reattack_success(attacker, attacker.run.generator_file(job.generate.method), model_path, model,
+                                reject, evaluation.primary_score, evaluation.ood_threshold, far, device)
 
     # The baseline's scorecard first: its families join the pool, and the baseline is judged on the same
     # held-out rows (per family) as round 1.
     baseline_card, scorecard_stores = round_scorecard(job, 0, baseline_path, progress)
     pool = list(stores) + scorecard_stores
-    pool_split = held_out_split(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction,
-                                cfg.split_seed) if scorecard_stores else first_split
-    baseline_eval = evaluate(baseline, False, pool_split)
-    attack_images, attack_targets = sample_attack(job, baseline_generator, per_class, dataset)
+    pool_split = pool_scan(pool) if scorecard_stores else first_scan
+    baseline_eval = evaluate(baseline, baseline_path, False, pool_split)
     rows = [{"round": 0, "model": str(baseline_path), "classifier_sha256": info.sha256,
-             "counterfeits_train": len(pool_split.train_ids), "counterfeits_held_out": len(pool_split.eval_ids),
+             "counterfeits_train": pool_split.train_rows, "counterfeits_held_out": pool_split.eval_rows,
              **baseline_eval.to_dict(),
-             "attack": attack_success_rate(baseline, False, attack_images, attack_targets,
-                                           baseline_eval.primary_score, baseline_eval.ood_threshold,
-                                           job.keep.confidence_bar, device=device, far=far),
+             "attack": reattack(job, baseline, baseline_path, False, baseline_eval),
              "scorecard": baseline_card}]
     progress(f"[harden] baseline: clean accuracy {baseline_eval.clean_accuracy:.4f}, "
              f"held-out counterfeit AUROC {rows[0]['ood'][HELD_OUT][baseline_eval.primary_score]['auroc']:.4f}")
@@ -155,12 +143,11 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
         this = round_job(job, round_index, baseline_path)
         round_dir = ensure_writable_dir(this.run.run_dir, "run.output_dir")
         hardened_path = round_dir / "classifier-hardened.safetensors"
-        split = held_out_split(pool, dataset.image_shape, dataset.num_classes, cfg.eval_fraction, cfg.split_seed)
-        (round_dir / "counterfeit-split.json").write_text(json.dumps(
-            {"stores": pool, "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed,
-             "train_ids": split.train_ids, "held_out_ids": split.eval_ids}))
+        split = pool_scan(pool)
+        write_split_ids(round_dir / "counterfeit-split.json", pool, dataset.image_shape, dataset.num_classes,
+                        cfg.eval_fraction, cfg.split_seed)
         progress(f"[harden] round {round_index}/{cfg.rounds}: fine-tuning ({cfg.mode}) on "
-                 f"{len(split.train_ids)} counterfeits from {len(pool)} store(s)")
+                 f"{split.train_rows} counterfeits from {len(pool)} store(s)")
         hardened_info, metrics = harden_classifier(job, baseline_path, pool, hardened_path,
                                                    f"{this.run.run_id}-harden")
         hardened, _ = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
@@ -169,14 +156,11 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
             progress(f"[harden] note: the data guard caps far images at {hardened_info.guard['cap']:.4g}, at or "
                      f"above keep.confidence_bar {job.keep.confidence_bar}: far images can still reach the bar "
                      "(lower harden.guard_cap below the bar for the guarantee)")
-        evaluation = evaluate(hardened, reject, split)
+        evaluation = evaluate(hardened, hardened_path, reject, split)
         progress(f"[harden] round {round_index}: re-attacking the hardened classifier")
         attacker = dataclasses.replace(this, run=dataclasses.replace(this.run, classifier_path=str(hardened_path)))
         train_method(attacker)
-        images, targets = sample_attack(attacker, attacker.run.generator_file(job.generate.method), per_class,
-                                        dataset)
-        attack = attack_success_rate(hardened, reject, images, targets, evaluation.primary_score,
-                                     evaluation.ood_threshold, job.keep.confidence_bar, device=device, far=far)
+        attack = reattack(attacker, hardened, hardened_path, reject, evaluation)
         try:
             generated = generate_from_file(attacker, progress=False)
             pool.append(str(Path(generated.store_file)))
@@ -187,7 +171,7 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
             kept = 0
         rows.append({"round": round_index, "model": str(hardened_path), "classifier_sha256": hardened_info.sha256,
                      "guard": hardened_info.guard,
-                     "counterfeits_train": len(split.train_ids), "counterfeits_held_out": len(split.eval_ids),
+                     "counterfeits_train": split.train_rows, "counterfeits_held_out": split.eval_rows,
                      "final_train_loss": metrics.get("train_loss"), **evaluation.to_dict(),
                      "attack": {**attack, "kept_for_next_round": kept}})
         rows[-1]["scorecard"], scorecard_stores = round_scorecard(job, round_index, hardened_path, progress)
@@ -200,20 +184,22 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
               "confidence_bar": job.keep.confidence_bar,
               "baseline": str(baseline_path), "hardened": str(hardened_path), "rounds": rows,
               "rounds_asked": cfg.rounds, "stopped_after_round": stopped_after,
-              "real_ood_sets": sorted(real_ood)}
-    report["export"] = export_hardened(job, hardened_path, evaluations[-1], dataset, first_split)
+              "real_ood_sets": sorted(REAL_OOD_SETS)}
+    report["export"] = export_hardened(job, hardened_path, evaluations[-1], dataset, first_scan)
     write_artifacts(job, report, evaluations, dataset, run_dir)
     return report
 
 
-def export_hardened(job: JobConfig, hardened_path: Path, evaluation: Evaluation, dataset, split) -> dict:
-    """ONNX export of the last round's classifier with its score and threshold, checked against torch."""
+def export_hardened(job: JobConfig, hardened_path: Path, evaluation: Evaluation, dataset, scan: PoolScan) -> dict:
+    """ONNX export of the last round's classifier with its score and threshold, checked against torch on the
+    test set and on (at most `PARITY_ROWS` of) the held-out counterfeits of the run's own stores."""
     model, info = load_classifier(hardened_path, dataset.image_shape, dataset.num_classes)
     path = job.run.run_dir / "classifier-hardened.onnx"
     export_onnx(model, path, list(info.class_names), info.image_shape, evaluation.primary_score,
                 evaluation.ood_threshold, info.reject_class)
     parity = {"real": check_parity(model, path, dataset.test_images),
-              "counterfeit": check_parity(model, path, split.eval_images)}
+              "counterfeit": check_parity(model, path, held_out_rows(scan, job.harden.eval_fraction,
+                                                                     job.harden.split_seed, PARITY_ROWS)[0])}
     return {"onnx": str(path), "score": evaluation.primary_score, "threshold": evaluation.ood_threshold,
             "parity_max_abs_probability_difference": parity}
 
@@ -221,9 +207,9 @@ def export_hardened(job: JobConfig, hardened_path: Path, evaluation: Evaluation,
 def write_artifacts(job: JobConfig, report: dict, evaluations: list[Evaluation], dataset, run_dir: Path) -> None:
     atomic_write_bytes(run_dir / "report.json", json.dumps(report, indent=2, default=float).encode())
     write_report_md(report, run_dir / "report.md")
-    table = read_store(job.run.store_dir, dataset.image_shape, dataset.num_classes)
-    targets = torch.tensor(table["target"].to_pylist())
-    counterfeit_grid_png(table_images(table), targets, list(dataset.class_names), run_dir / "counterfeits.png")
+    images, targets = first_rows_per_class(job.run.store_dir, dataset.image_shape, dataset.num_classes,
+                                           GRID_PER_CLASS)
+    counterfeit_grid_png(images, targets, list(dataset.class_names), run_dir / "counterfeits.png", GRID_PER_CLASS)
     for label, evaluation in (("before", evaluations[0]), ("after", evaluations[-1])):
         curves = {name: roc_points(evaluation, name) for name in evaluation.metrics}
         roc_curves_png(curves, run_dir / f"roc-{label}.png",

@@ -42,6 +42,15 @@ def resolve_use_gpu(run: RunSettings) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def actor_pool_size(run: RunSettings, cpus_per_actor: float) -> int:
+    """Actors of a Ray Data pool that fill the cluster: one per GPU when `run.use_gpu` resolves true, else
+    one per `cpus_per_actor` CPUs (at least one)."""
+    resources = ray.cluster_resources()
+    if resolve_use_gpu(run):
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
 def scaling_config(run: RunSettings) -> ray.train.ScalingConfig:
     use_gpu = resolve_use_gpu(run)
     resources = {"CPU": run.cpus_per_worker}

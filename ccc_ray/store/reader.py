@@ -209,6 +209,30 @@ def scan_store(path: str | Path, image_shape: tuple[int, int, int] | None = None
             yield file, table
 
 
+def first_rows_per_class(path: str | Path, image_shape: tuple[int, int, int], num_classes: int,
+                         per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `per_class` rows of each target class, in store order: images float32 N x C x H x W in [0, 1]
+    and targets int64 N. A sample of bounded size (a report's grid), read part by part (`scan_store`), so a
+    store larger than memory is never held; reading stops once every class has its rows."""
+    counts = np.zeros(num_classes, np.int64)
+    images, targets = [], []
+    for _, table in scan_store(path, image_shape, num_classes):
+        part_targets = table["target"].to_numpy()
+        take = np.zeros(len(part_targets), bool)
+        for row, target in enumerate(part_targets.tolist()):
+            if counts[target] < per_class:
+                take[row] = True
+                counts[target] += 1
+        if take.any():
+            images.append(table_images(table.filter(pa.array(take))))
+            targets.append(torch.from_numpy(part_targets[take].astype(np.int64)))
+        if (counts >= per_class).all():
+            break
+    if not images:
+        raise CccError(f"counterfeit store {str(path)!r} is empty")
+    return torch.cat(images), torch.cat(targets)
+
+
 def table_images(table: pa.Table) -> torch.Tensor:
     """The `image` column as float32 N x C x H x W in [0, 1], exactly the values that were scored."""
     c, h, w = table["channels"][0].as_py(), table["height"][0].as_py(), table["width"][0].as_py()

@@ -11,6 +11,7 @@ import torch
 from ccc_ray.errors import CccError
 from ccc_ray.store import (COUNTERFEIT_SCHEMA, CounterfeitWriter, counterfeit_batch, read_store, store_class_names,
                            store_file, table_images)
+from ccc_ray.store.reader import first_rows_per_class
 from ccc_ray.store.schema import RUN_METADATA_KEY
 
 NAMES = ["zero", "one", "two"]
@@ -71,6 +72,17 @@ def test_table_images_of_a_sliced_table(tmp_path):
     table = read_store(write_run(tmp_path, images))
     sliced = table.slice(2, 2)
     assert torch.equal(table_images(sliced), torch.from_numpy(images[2:4]).permute(0, 3, 1, 2).float().div(255))
+
+
+def test_first_rows_per_class_are_those_of_the_whole_store_read_part_by_part(tmp_path):
+    write_run(tmp_path, make_images(10, seed=1), run_id="run-1", chunks=3)
+    write_run(tmp_path, make_images(10, seed=2), run_id="run-2", chunks=2)
+    table = read_store(tmp_path)
+    images, targets = table_images(table), torch.tensor(table["target"].to_pylist())
+    for per_class in (1, 5):  # 5: class 0 has 4 rows in the first file, so its fifth is in the second
+        first = torch.cat([torch.nonzero(targets == c).flatten()[:per_class] for c in range(3)]).sort().values
+        sample, sample_targets = first_rows_per_class(tmp_path, (3, 4, 5), 3, per_class)
+        assert torch.equal(sample, images[first]) and torch.equal(sample_targets, targets[first])
 
 
 def test_pandas_reads_the_store(tmp_path):

@@ -1,6 +1,7 @@
 """ccc_ray/hardening/pool.py: the streamed pool trains on exactly the rows `split_counterfeits` gives,
 in the same order, while the caller holds no image and a worker at most its window."""
 
+import json
 import shutil
 
 import numpy as np
@@ -9,22 +10,23 @@ import torch
 
 from ccc_ray.errors import CccError
 from ccc_ray.hardening.counterfeits import split_counterfeits
-from ccc_ray.hardening.pool import CounterfeitWindow, held_out_split, scan_pool, training_rows
+from ccc_ray.hardening.pool import (CounterfeitWindow, held_out_rows, held_out_split, scan_pool, training_rows,
+                                  write_split_ids)
 from ccc_ray.store import CounterfeitWriter, counterfeit_batch
 
 NAMES = [str(i) for i in range(10)]
 SHAPE = (1, 8, 8)
 
 
-def write_store(folder, run_id, n, seed, index=None):
+def write_store(folder, run_id, n, seed, index=None, method="inversion"):
     images = np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
     targets = np.arange(n) % 10
     index = np.arange(n) if index is None else index
-    with CounterfeitWriter(folder, "inversion", run_id, {}, NAMES) as writer:
+    with CounterfeitWriter(folder, method, run_id, {}, NAMES) as writer:
         for start in range(0, n, 64):  # several row groups, as `generate` writes them
             part = slice(start, start + 64)
             writer.write(counterfeit_batch(images[part], targets[part], targets[part], np.full(n, 0.995)[part],
-                                           np.full(n, 3.0)[part], index[part], run_id=run_id, method="inversion",
+                                           np.full(n, 3.0)[part], index[part], run_id=run_id, method=method,
                                            classifier_sha256="ab" * 32, seed=seed))
     return writer.path
 
@@ -67,6 +69,25 @@ def test_the_held_out_split_is_split_counterfeits_without_training_images(tmp_pa
     assert (held.train_ids, held.eval_ids, held.eval_methods) == (whole.train_ids, whole.eval_ids, whole.eval_methods)
     assert torch.equal(held.eval_images, whole.eval_images) and torch.equal(held.eval_targets, whole.eval_targets)
     assert held.train_images.shape == (0, 1, 8, 8)
+
+
+def test_held_out_rows_and_the_split_record_are_the_held_out_split_s_read_part_by_part(tmp_path):
+    stores = [str(write_store(tmp_path / "a", "r0", 300, 1)),
+              str(write_store(tmp_path / "b", "r1", 200, 2, method="cppn"))]
+    stores.append(stores[0])  # a store given twice counts once
+    held = held_out_split(stores, SHAPE, 10, 0.3, 0)
+    scan = scan_pool(stores, SHAPE, 10, 0.3, 0)
+    assert scan.held_out_families == ["cppn", "inversion"]
+    images, methods = held_out_rows(scan, 0.3, 0)
+    assert torch.equal(images, held.eval_images) and methods == held.eval_methods
+    first, first_methods = held_out_rows(scan, 0.3, 0, limit=100)  # a bounded sample: the first rows
+    assert torch.equal(first, held.eval_images[:100]) and first_methods == held.eval_methods[:100]
+    write_split_ids(tmp_path / "split.json", stores, SHAPE, 10, 0.3, 0)
+    record = json.loads((tmp_path / "split.json").read_text())
+    assert record == {"stores": stores, "eval_fraction": 0.3, "split_seed": 0, "train_ids": held.train_ids,
+                      "held_out_ids": held.eval_ids}
+    assert (tmp_path / "split.json").read_text() == json.dumps(record)  # the layout json.dumps gives
+    assert [path.name for path in tmp_path.iterdir() if path.is_file()] == ["split.json"]  # no temporary left
 
 
 def test_a_file_holding_an_id_twice_is_refused(tmp_path):
