@@ -76,9 +76,10 @@ def _read_file(file: str | Path) -> pa.Table:
     return table
 
 
-def read_file_parts(file: str | Path, batch_rows: int | None) -> Iterator[pa.Table]:
+def read_file_parts(file: str | Path, batch_rows: int | None, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """One store file in COUNTERFEIT_SCHEMA, after its schema and declared size have been checked: one
-    table (`batch_rows` None), or tables of `batch_rows` rows streamed from it (memory: one row group)."""
+    table (`batch_rows` None), or tables of `batch_rows` rows streamed from it (memory: one row group).
+    `columns`: only these required columns (e.g. no images, for an index of a large store)."""
     filesystem, inner = filesystem_for(file, "counterfeit store")
     try:
         with filesystem.open_input_file(inner) as handle:
@@ -89,6 +90,9 @@ def read_file_parts(file: str | Path, batch_rows: int | None) -> Iterator[pa.Tab
                 raise CccError(f"counterfeit store {str(file)!r} would decompress to {declared / 2**30:.1f} GiB, "
                                f"more than the {MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB a store file may hold; "
                                "split it into several files")
+            if columns is not None:
+                yield parquet.read(columns=columns)
+                return
             present = [name for name in COUNTERFEIT_SCHEMA.names if name in parquet.schema_arrow.names]
             if batch_rows is None:
                 yield _with_optional_columns(parquet.read(columns=present))
