@@ -23,6 +23,7 @@ from ccc_ray.store.reader import (
     store_class_names,
     store_files,
     table_images,
+    table_pixels,
 )
 
 PART_ROWS = 4096  # rows per part when a file is read part by part: bounds a reader's memory
@@ -79,14 +80,14 @@ def parquet_index(root: str) -> ParquetIndex:
 
 def parquet_image_parts(file: str, keep: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The rows of `file` where `keep` (bool, one per row of the file) is set, in file order, one row group
-    at a time: float32 N x C x H x W in [0, 1] (exactly `load_parquet_images`' values) and int64 labels.
-    Each part is checked as `read_store` checks a file."""
+    at a time: the stored pixels, uint8 N x C x H x W (`/ 255` as `table_images` gives exactly
+    `load_parquet_images`' values), and int64 labels. Each part is checked as `read_store` checks a file."""
     offset = 0
     for _, table in scan_store(file, batch_rows=PART_ROWS):
         mask = keep[offset:offset + table.num_rows]
         offset += table.num_rows
         if mask.any():
             part = table.filter(pa.array(mask))
-            yield table_images(part), torch.from_numpy(part["target"].to_numpy().astype(np.int64))
+            yield table_pixels(part), torch.from_numpy(part["target"].to_numpy().astype(np.int64))
     if offset != len(keep):
         raise CccError(f"data.root: {file!r} changed while it was read ({offset} rows, {len(keep)} indexed)")

@@ -92,13 +92,15 @@ def datasets_from_memory(dataset: ImageDataset) -> tuple[TrainingDataInfo, Datas
     return info_of(dataset), build
 
 
-def _read_rows(batch: dict[str, np.ndarray], keep: dict[str, np.ndarray],
-               config: DataConfig) -> Iterator[dict[str, np.ndarray]]:
-    """A Ray Data task: the kept rows of its store files, one row group at a time, conformed as
-    `load_dataset` conforms them."""
+def _read_rows(batch: dict[str, np.ndarray], keep: dict[str, np.ndarray], config: DataConfig,
+               as_stored: bool) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray Data task: the kept rows of its store files, one row group at a time: the stored uint8 pixels
+    (`as_stored`: a quarter of float32's bytes in the object store; the worker divides by 255), or
+    float32 conformed as `load_dataset` conforms them (a source resized or recoloured)."""
     for file in batch["file"]:
-        for images, labels in parquet_image_parts(str(file), keep[str(file)]):
-            yield {"image": conform(images, config).numpy(), "label": labels.numpy()}
+        for pixels, labels in parquet_image_parts(str(file), keep[str(file)]):
+            images = pixels if as_stored else conform(pixels.float().div_(255.0), config)
+            yield {"image": images.numpy(), "label": labels.numpy()}
 
 
 def datasets_from_parquet(config: DataConfig) -> tuple[TrainingDataInfo, Datasets]:
@@ -118,7 +120,8 @@ def datasets_from_parquet(config: DataConfig) -> tuple[TrainingDataInfo, Dataset
         keep = {file: chosen[ends[i]:ends[i + 1]] for i, file in enumerate(index.files)}
         files = ray.data.from_items([{"file": file} for file in index.files], override_num_blocks=len(index.files))
         return files.map_batches(_read_rows, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
-                                 fn_kwargs={"keep": keep, "config": config})
+                                 fn_kwargs={"keep": keep, "config": config,
+                                            "as_stored": info.image_shape == index.image_shape})
 
     def build() -> dict[str, ray.data.Dataset]:
         ensure_ray()
@@ -143,6 +146,13 @@ def ingest_config(*split: str) -> ray.train.DataConfig:
                                 execution_options=ExecutionOptions(preserve_order=True))
 
 
+def as_float(images: np.ndarray) -> np.ndarray:
+    """Rows as float32 in [0, 1]: stored uint8 pixels divided by 255 exactly as `table_images` divides them."""
+    if images.dtype == np.uint8:
+        return torch.from_numpy(images.copy()).float().div_(255.0).numpy()
+    return images
+
+
 def _read_whole(name: str, rows: int, image_shape: tuple[int, int, int],
                 pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """This worker's shard of dataset `name`, read once into float32 rows x C x H x W and int64 labels;
@@ -154,7 +164,7 @@ def _read_whole(name: str, rows: int, image_shape: tuple[int, int, int],
         count = len(batch["label"])
         if filled + count > rows:
             raise CccError(f"{name} split: this worker received more than the {rows} rows it expected")
-        images[filled:filled + count] = batch["image"]
+        images[filled:filled + count] = as_float(batch["image"])
         labels[filled:filled + count] = batch["label"]
         filled += count
     if rows and (filled == 0 or (filled < rows and not pad)):

@@ -215,6 +215,11 @@ def scan_store(path: str | Path, image_shape: tuple[int, int, int] | None = None
 
 def table_images(table: pa.Table) -> torch.Tensor:
     """The `image` column as float32 N x C x H x W in [0, 1], exactly the values that were scored."""
+    return table_pixels(table).float().div_(255.0)
+
+
+def table_pixels(table: pa.Table) -> torch.Tensor:
+    """The `image` column as stored: uint8 N x C x H x W (`table_images` divides it by 255)."""
     c, h, w = table["channels"][0].as_py(), table["height"][0].as_py(), table["width"][0].as_py()
     column = table["image"].combine_chunks()
     raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)
@@ -224,7 +229,7 @@ def table_images(table: pa.Table) -> torch.Tensor:
         raise CccError(f"counterfeit store: some images are not {c}x{h}x{w} bytes long")
     start = offsets[0]
     pixels = raw[start:start + size * len(column)].reshape(len(column), h, w, c)
-    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous()
 
 
 def table_masks(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:

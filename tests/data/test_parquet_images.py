@@ -49,7 +49,7 @@ def test_index_and_parts_give_the_rows_that_load_parquet_images_gives(tmp_path, 
             got_images.append(part_images)
             got_labels.append(part_labels)
     assert len(got_images) >= 4  # read part by part (row groups of 100)
-    assert torch.equal(torch.cat(got_images), images[torch.from_numpy(chosen)])
+    assert torch.equal(torch.cat(got_images).float().div_(255.0), images[torch.from_numpy(chosen)])
     assert torch.equal(torch.cat(got_labels), labels[torch.from_numpy(chosen)])
 
 

@@ -18,7 +18,7 @@ from ccc_ray.data import parquet_images
 from ccc_ray.data.sources import DataConfig, load_dataset
 from ccc_ray.job import load_job
 from ccc_ray.orchestration.train_classifier import AUGMENT_MAX_SHIFT, train_classifier
-from ccc_ray.orchestration.training_data import TEST, TRAIN, training_datasets
+from ccc_ray.orchestration.training_data import TEST, TRAIN, as_float, training_datasets
 from ccc_ray.store import CounterfeitWriter, counterfeit_batch, reader
 
 
@@ -48,26 +48,30 @@ def refuse_whole_reads(monkeypatch) -> None:
 
 
 def rows_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Its rows as a worker takes them (stored pixels divided by 255)."""
     batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-    return (torch.from_numpy(np.concatenate([b["image"] for b in batches])),
+    return (torch.from_numpy(np.concatenate([as_float(b["image"]) for b in batches])),
             torch.from_numpy(np.concatenate([b["label"] for b in batches])))
 
 
 def test_a_parquet_source_is_read_by_ray_data_tasks_as_load_dataset_reads_it(ray_cluster, tmp_path, digits,
                                                                             monkeypatch):
-    config = DataConfig(name="parquet", root=digits_store(tmp_path / "store", digits, files=3), image_size=6)
-    expected = load_dataset(config)
-    refuse_whole_reads(monkeypatch)
-    info, build = training_datasets(config)
-    datasets = build()
-    assert info.image_shape == (1, 6, 6) and list(info.class_names) == expected.class_names
-    assert list(info.train_class_counts) == torch.bincount(expected.train_labels, minlength=10).tolist()
-    assert info.test_rows == len(expected.test_labels)
-    for name, images, labels in ((TRAIN, expected.train_images, expected.train_labels),
-                                 (TEST, expected.test_images, expected.test_labels)):
-        datasets[name].context.execution_options.preserve_order = True  # as Train's ingest reads it (`ingest_config`)
-        got_images, got_labels = rows_of(datasets[name])
-        assert torch.equal(got_labels, labels) and torch.equal(got_images, images)  # same rows, same order
+    root = digits_store(tmp_path / "store", digits, files=3)
+    for image_size in (None, 6):  # rows as stored (uint8), or resized (float32)
+        config = DataConfig(name="parquet", root=root, image_size=image_size)
+        expected = load_dataset(config)
+        refuse_whole_reads(monkeypatch)
+        info, build = training_datasets(config)
+        datasets = build()
+        assert info.image_shape == expected.image_shape and list(info.class_names) == expected.class_names
+        assert list(info.train_class_counts) == torch.bincount(expected.train_labels, minlength=10).tolist()
+        assert info.test_rows == len(expected.test_labels)
+        for name, images, labels in ((TRAIN, expected.train_images, expected.train_labels),
+                                     (TEST, expected.test_images, expected.test_labels)):
+            datasets[name].context.execution_options.preserve_order = True  # as Train's ingest reads it
+            got_images, got_labels = rows_of(datasets[name])
+            assert torch.equal(got_labels, labels) and torch.equal(got_images, images)  # same rows, same order
+        monkeypatch.undo()
 
 
 @pytest.mark.slow
