@@ -56,9 +56,9 @@ def check_images(images: torch.Tensor, what: str) -> None:
         raise CccError(f"{what}: pixel values must lie in [0, 1]")
 
 
-def seeded_split(images: torch.Tensor, labels: torch.Tensor, test_fraction: float,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stratified train/test split: the same seed gives the same split on every machine."""
+def split_indices(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stratified train/test split as sorted row indices (train, test): the same seed gives the same split
+    on every machine, and only the labels are needed (a reader of a large source splits before it reads images)."""
     generator = torch.Generator().manual_seed(seed)
     train_index, test_index = [], []
     for label in labels.unique(sorted=True):
@@ -67,6 +67,11 @@ def seeded_split(images: torch.Tensor, labels: torch.Tensor, test_fraction: floa
         n_test = int(round(len(members) * test_fraction))
         test_index.append(members[:n_test])
         train_index.append(members[n_test:])
-    train = torch.cat(train_index).sort().values
-    test = torch.cat(test_index).sort().values
+    return torch.cat(train_index).sort().values, torch.cat(test_index).sort().values
+
+
+def seeded_split(images: torch.Tensor, labels: torch.Tensor, test_fraction: float,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stratified train/test split (`split_indices`) of the images and labels."""
+    train, test = split_indices(labels, test_fraction, seed)
     return images[train], labels[train], images[test], labels[test]

@@ -79,3 +79,10 @@ def conform(images: torch.Tensor, config: DataConfig) -> torch.Tensor:
                                                  mode="bilinear", antialias=True, align_corners=False)
         images = images.clamp(0, 1)
     return images.contiguous()
+
+
+def conformed_shape(image_shape: tuple[int, int, int], config: DataConfig) -> tuple[int, int, int]:
+    """The (C, H, W) that `conform` gives images of `image_shape`."""
+    channels, height, width = image_shape
+    side = config.image_size
+    return (config.channels or channels, side or height, side or width)

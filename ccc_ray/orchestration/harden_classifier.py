@@ -3,7 +3,9 @@
 The counterfeit pool reaches the workers as a Ray Data shard (`ray.train.get_dataset_shard`): Ray Data
 tasks read the store files one row group at a time and keep only the training rows (split by id exactly
 as `split_counterfeits` splits them), so neither the driver, which only scans the pool (ids, counts,
-checks), nor a worker holds more than its window of it (`ccc_ray/hardening/pool.py`). One checkpoint per
+checks), nor a worker holds more than its window of it (`ccc_ray/hardening/pool.py`). The real training
+data arrives the same way, as shares of the training split (`ccc_ray/orchestration/training_data.py`),
+with the class counts of the whole split for the class weights. One checkpoint per
 epoch (model, optimiser and, in adaptive mode, the in-loop attacker's generator and its optimiser); a
 second start of the same run resumes from the last one. `hardening_parts` and `hardening_epoch` are the
 whole fine-tuning; the Ray loop wraps them, and `benchmarks/adaptive_hardening.py` runs them in one
@@ -23,7 +25,6 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-from ray.data import ExecutionOptions
 from torch.utils.data import DataLoader, TensorDataset
 
 from ccc_ray.classifiers.guard import DataGuard
@@ -40,7 +41,8 @@ from ccc_ray.job import HardenSettings, JobConfig
 from ccc_ray.methods.base import MethodContext
 from ccc_ray.methods.inversion import InversionConfig, NetworkInversion
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
-from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
+from ccc_ray.orchestration.ray_runtime import claim_run, ensure_ray, fit, quiet_worker_logs
+from ccc_ray.orchestration.training_data import TrainingDataInfo, datasets_from_memory, ingest_config, worker_data
 from ccc_ray.store.files import ensure_writable_dir
 
 COUNTERFEITS = "counterfeits"  # the name of the pool's dataset, as the workers ask for their shard
@@ -64,13 +66,32 @@ class HardeningParts:
     window: CounterfeitWindow | None = None  # a pool larger than the worker holds, streamed once per epoch
 
 
-def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset,
-                    counterfeits: torch.Tensor | CounterfeitWindow, far: FarFromData, device, world: int = 1,
-                    confidence_bar: float = 0.99) -> HardeningParts:
-    """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed`.
+@dataclass(frozen=True)
+class WholeCounts:
+    """The sizes of the whole training data, for a worker that holds one share of it: class weights are
+    those of the whole set, as they were when every worker held all of it."""
 
+    class_counts: torch.Tensor  # int64 K: real training images per class
+    pool_rows: int  # training counterfeits in the whole pool
+
+
+def share_of(count: int, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s indices into `count` rows, dealt as DistributedSampler deals them (padded with the
+    first indices, so every rank gets ceil(count / world)); all of them for one worker."""
+    index = torch.arange(count)
+    index = torch.cat([index, index[:(-count) % world]]) if count else index
+    return index[rank::world]
+
+
+def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset,
+                    counterfeits: torch.Tensor | CounterfeitWindow, far: FarFromData | None, device, world: int = 1,
+                    confidence_bar: float = 0.99, rank: int = 0, whole: WholeCounts | None = None) -> HardeningParts:
+    """Model, optimiser, loaders and attacker for `cfg.mode`; seeded from `cfg.seed` (and `rank`).
+
+    `dataset`: the run's data, or (with `whole`) this worker's share of its training split.
     `counterfeits`: float32 N x C x H x W in [0, 1], or a window onto a pool streamed through the worker
     (adaptive and oe draw from it; reject needs the whole pool, so a window that cannot hold it fails).
+    `far`: the fitted far rule (adaptive mode only).
     """
     if cfg.mode == "auto":
         raise CccError("harden.mode auto is made concrete per data set first (with_concrete_mode)")
@@ -82,13 +103,16 @@ def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset,
     k = dataset.num_classes
     per_worker = max(1, cfg.batch_size // world)
     images, labels = dataset.train_images, dataset.train_labels
+    class_counts = whole.class_counts if whole is not None else torch.bincount(labels, minlength=k)
     class_weights, adaptive = None, None
     if cfg.mode == "reject":
-        outliers = torch.cat([counterfeits, noise_images(cfg.noise_images, dataset.image_shape,
-                                                         torch.Generator().manual_seed(cfg.seed))])
+        noise = noise_images(cfg.noise_images, dataset.image_shape, torch.Generator().manual_seed(cfg.seed))
+        outliers = torch.cat([counterfeits, noise[share_of(len(noise), rank, world)]])
         images = torch.cat([images, outliers])
         labels = torch.cat([labels, torch.full((len(outliers),), k, dtype=torch.int64)])
-        class_weights = balanced_class_weights(torch.bincount(labels, minlength=k + 1)).to(device)
+        pool_rows = whole.pool_rows if whole is not None else len(counterfeits)
+        class_weights = balanced_class_weights(
+            torch.cat([class_counts, torch.tensor([pool_rows + len(noise)])])).to(device)
     elif cfg.mode == "adaptive":
         inversion = None
         if cfg.attacker_steps:
@@ -98,13 +122,14 @@ def hardening_parts(cfg: HardenSettings, baseline: torch.nn.Module, dataset,
                                     cfg.outliers_per_step, cfg.mine_pool, cfg.attacker_steps, cfg.pgd_steps,
                                     cfg.pgd_epsilon)
         # The reject class weighs as much as one average real class, as in reject mode.
-        steps = -(-len(labels) // cfg.batch_size)
-        counts = torch.cat([torch.bincount(labels, minlength=k), torch.tensor([steps * cfg.outliers_per_step])])
+        steps = -(-int(class_counts.sum()) // cfg.batch_size)
+        counts = torch.cat([class_counts, torch.tensor([steps * cfg.outliers_per_step])])
         class_weights = balanced_class_weights(counts).to(device) * torch.tensor(
             [1.0] * k + [cfg.reject_weight], device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    # Each worker shuffles its own share (no DistributedSampler), anew each epoch.
     loader = DataLoader(TensorDataset(images, labels), batch_size=per_worker, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=torch.Generator().manual_seed(cfg.seed + rank * 10_007))
     outlier_loader = None if window is not None else DataLoader(
         TensorDataset(counterfeits), batch_size=per_worker, shuffle=True,
         generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -165,17 +190,23 @@ def harden_train_loop(loop_config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    dataset = load_dataset(job.data)
+    data: TrainingDataInfo = loop_config["data"]
+    dataset = worker_data(data, rank, world)  # its share of the training split; the test split on rank 0
     baseline, info = classifier_from_bytes(loop_config["baseline_bytes"], loop_config["baseline_path"],
-                                           dataset.image_shape, dataset.num_classes)
+                                           data.image_shape, data.num_classes)
     shard = ray.train.get_dataset_shard(COUNTERFEITS)
     window = CounterfeitWindow(
         lambda: (batch["image"] for batch in shard.iter_batches(batch_size=SCAN_ROWS, batch_format="numpy")),
-        loop_config["train_rows"] // world, cfg.pool_window(dataset.image_shape))
-    # The one far rule, fitted here on the run's data (feature space embeds with the baseline).
-    far = fit_far_rule(job.far, dataset, model=baseline)
+        loop_config["train_rows"] // world, cfg.pool_window(data.image_shape))
+    far = None
+    if cfg.mode == "adaptive":
+        # The one far rule, fitted here on the run's data (feature space embeds with the baseline). Its
+        # reference is the whole training split by definition (the nearest training image), so it comes
+        # whole, through the object store, not as a share.
+        far = fit_far_rule(job.far, ray.get(loop_config["far_data"]), model=baseline)
+    whole = WholeCounts(torch.tensor(data.train_class_counts), loop_config["train_rows"])
     parts = hardening_parts(cfg, baseline, dataset, window, far, device, world,
-                            job.keep.confidence_bar)
+                            job.keep.confidence_bar, rank, whole)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -187,24 +218,23 @@ def harden_train_loop(loop_config: dict) -> None:
         start_epoch = int(state["epoch"])
         if rank == 0:
             print(f"[harden] resumed from the checkpoint after epoch {start_epoch}", flush=True)
-    parts.loader = ray.train.torch.prepare_data_loader(parts.loader, move_to_device=False)
     parts.model = ray.train.torch.prepare_model(parts.model)
     for epoch in range(start_epoch, cfg.epochs):
-        if world > 1:
-            parts.loader.sampler.set_epoch(epoch)
         loss = hardening_epoch(parts, cfg, device, epoch_seed(cfg.seed, rank, epoch))
         inner = getattr(parts.model, "module", parts.model)
-        # argmax over every output: a test image sent to the reject class counts as an error.
-        clean = accuracy(inner, dataset.test_images, dataset.test_labels, device)
-        if rank == 0:
+        # rank 0's shares of the real data and of the pool
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "train_rows": len(dataset.train_labels),
+                   "counterfeit_rows": window.read}
+        if rank == 0:  # only rank 0's metrics are reported
+            # argmax over every output: a test image sent to the reject class counts as an error.
+            metrics["clean_accuracy"] = accuracy(inner, dataset.test_images, dataset.test_labels, device)
             print(f"[harden {cfg.mode}] epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} "
-                  f"clean accuracy {clean:.4f}", flush=True)
+                  f"clean accuracy {metrics['clean_accuracy']:.4f}", flush=True)
         state = {"model": inner.state_dict(), "optimizer": parts.optimizer.state_dict(), "epoch": epoch + 1}
         if parts.adaptive is not None:  # the attacker resumes where it stopped, not from scratch
             state["attacker"] = parts.adaptive.state_dict()
         with checkpoint_to_report(state if rank == 0 else None) as ckpt:
-            ray.train.report({"epoch": epoch + 1, "train_loss": loss, "clean_accuracy": clean,
-                              "counterfeit_rows": window.read}, checkpoint=ckpt)  # rank 0's share of the pool
+            ray.train.report(metrics, checkpoint=ckpt)
 
 
 def fine_tune_in_process(baseline: torch.nn.Module, cfg: HardenSettings, dataset, counterfeits: torch.Tensor,
@@ -255,6 +285,7 @@ def counterfeit_dataset(scan: PoolScan, cfg: HardenSettings):
     The reads reserve no CPU: they are light next to training, and must not wait for CPUs the Train workers
     hold (on a cluster the workers fill, a CPU-reserving read would never be scheduled).
     """
+    ensure_ray()
     files = ray.data.from_items([{"file": file} for file in scan.files], override_num_blocks=len(scan.files))
     return files.map_batches(_read_training_rows, batch_size=1, num_cpus=0,
                              compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
@@ -277,12 +308,18 @@ def harden_classifier(job: JobConfig, baseline_path: Path, stores: list[str], ou
                      job.harden.split_seed)
     ensure_writable_dir(output.parent, "run.output_dir")
     claim_run(job.run, name, {"harden": asdict(job.harden), "baseline": info.sha256, "stores": sorted(stores)})
+    # The driver holds the data set anyway (the guard is fitted on it below); the workers get shares.
+    data, build_datasets = datasets_from_memory(dataset)
+    datasets = build_datasets()
     loop_config = {"job": job, "baseline_bytes": raw, "baseline_path": str(baseline_path),
-                   "train_rows": scan.train_rows}
+                   "train_rows": scan.train_rows, "data": data}
+    if job.harden.mode == "adaptive":
+        loop_config["far_data"] = ray.put(dataset)
     result = fit(harden_train_loop, loop_config, job.run, name, "hardening",
-                 datasets={COUNTERFEITS: counterfeit_dataset(scan, job.harden)},
-                 # plan order: with one worker the rows arrive in the order `split_counterfeits` gives them
-                 dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
+                 datasets={**datasets, COUNTERFEITS: counterfeit_dataset(scan, job.harden)},
+                 # plan order: with one worker the rows arrive in the order `load_dataset` and
+                 # `split_counterfeits` give them
+                 dataset_config=ingest_config(COUNTERFEITS))
     model = hardening_model(baseline, job.harden.mode, dataset.image_shape)
     model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
     model = guarded(job, model.eval(), dataset)

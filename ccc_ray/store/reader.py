@@ -76,9 +76,10 @@ def _read_file(file: str | Path) -> pa.Table:
     return table
 
 
-def read_file_parts(file: str | Path, batch_rows: int | None) -> Iterator[pa.Table]:
+def read_file_parts(file: str | Path, batch_rows: int | None, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """One store file in COUNTERFEIT_SCHEMA, after its schema and declared size have been checked: one
-    table (`batch_rows` None), or tables of `batch_rows` rows streamed from it (memory: one row group)."""
+    table (`batch_rows` None), or tables of `batch_rows` rows streamed from it (memory: one row group).
+    `columns`: only these required columns (e.g. no images, for an index of a large store)."""
     filesystem, inner = filesystem_for(file, "counterfeit store")
     try:
         with filesystem.open_input_file(inner) as handle:
@@ -89,6 +90,9 @@ def read_file_parts(file: str | Path, batch_rows: int | None) -> Iterator[pa.Tab
                 raise CccError(f"counterfeit store {str(file)!r} would decompress to {declared / 2**30:.1f} GiB, "
                                f"more than the {MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB a store file may hold; "
                                "split it into several files")
+            if columns is not None:
+                yield parquet.read(columns=columns)
+                return
             present = [name for name in COUNTERFEIT_SCHEMA.names if name in parquet.schema_arrow.names]
             if batch_rows is None:
                 yield _with_optional_columns(parquet.read(columns=present))
@@ -235,6 +239,11 @@ def first_rows_per_class(path: str | Path, image_shape: tuple[int, int, int], nu
 
 def table_images(table: pa.Table) -> torch.Tensor:
     """The `image` column as float32 N x C x H x W in [0, 1], exactly the values that were scored."""
+    return table_pixels(table).float().div_(255.0)
+
+
+def table_pixels(table: pa.Table) -> torch.Tensor:
+    """The `image` column as stored: uint8 N x C x H x W (`table_images` divides it by 255)."""
     c, h, w = table["channels"][0].as_py(), table["height"][0].as_py(), table["width"][0].as_py()
     column = table["image"].combine_chunks()
     raw = np.frombuffer(column.buffers()[2], dtype=np.uint8)
@@ -244,7 +253,7 @@ def table_images(table: pa.Table) -> torch.Tensor:
         raise CccError(f"counterfeit store: some images are not {c}x{h}x{w} bytes long")
     start = offsets[0]
     pixels = raw[start:start + size * len(column)].reshape(len(column), h, w, c)
-    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous()
 
 
 def table_masks(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:

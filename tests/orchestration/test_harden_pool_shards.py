@@ -35,7 +35,7 @@ def noise_store(folder: Path, run_id: str, n: int, seed: int) -> str:
 
 
 def test_two_workers_stream_their_shares_and_the_driver_reads_no_store_whole(ray_cluster, tmp_path, monkeypatch,
-                                                                             digits_classifier_file):
+                                                                             digits, digits_classifier_file):
     stores = [noise_store(tmp_path / "a", "r0", 600, 1), noise_store(tmp_path / "b", "r1", 600, 2)]
     train_rows = len(split_counterfeits(stores, (1, 8, 8), 10, 0.3, 0).train_ids)
 
@@ -52,6 +52,8 @@ def test_two_workers_stream_their_shares_and_the_driver_reads_no_store_whole(ray
     assert metrics["epoch"] == 2 and not info.reject_class
     # Rank 0 read its half of the training rows in the last epoch, through a window of 100 rows.
     assert metrics["counterfeit_rows"] == train_rows // 2
+    # and trained on its half of the real training split (a shard too, padded to ceil(rows / 2))
+    assert metrics["train_rows"] == -(-len(digits.train_labels) // 2)
 
 
 def test_one_worker_on_a_pool_that_fits_trains_as_on_the_whole_pool(ray_cluster, tmp_path, digits,
