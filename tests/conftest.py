@@ -79,20 +79,25 @@ def ray_cluster_4_cpus():
 # Processes a test starts in their own session (start_new_session=True), killed by pid: never `ray stop`
 # or a kill by name, which would reach other people's Ray clusters on a shared machine.
 def session_pids(session_id: int) -> list[int]:
-    table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=False).stdout.splitlines()
-    return [int(row.split()[0]) for row in table if len(row.split()) == 2 and int(row.split()[1]) == session_id]
+    """Live processes of a session; zombies (dead, waiting to be reaped by their parent) are not counted."""
+    table = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True,
+                           check=False).stdout.splitlines()
+    rows = [row.split() for row in table]
+    return [int(row[0]) for row in rows if len(row) == 3 and int(row[1]) == session_id and not row[2].startswith("Z")]
 
 
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of a session this test started (its Ray daemons and workers included), by pid."""
-    for _ in range(5):
+def kill_session(session_id: int, wait_s: float = 30.0) -> None:
+    """SIGKILL every process of a session this test started (its Ray daemons and workers included), by pid,
+    until none is left or `wait_s` passed (on a loaded machine a killed process can take seconds to go)."""
+    deadline = time.monotonic() + wait_s
+    while True:
         pids = session_pids(session_id)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if not pids:
+        if not pids or time.monotonic() > deadline:
             return
         time.sleep(0.5)
 
