@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
