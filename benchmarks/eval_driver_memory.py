@@ -25,10 +25,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from measured_process import run_measurement  # benchmarks/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -76,15 +77,8 @@ def measure(store: str, classifier: str, mode: str, eval_fraction: float) -> dic
 
 
 def run_one(pythonpath: str, store: Path, classifier: Path, mode: str, eval_fraction: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    command = [sys.executable, __file__, "--measure", str(store), "--classifier", str(classifier), "--mode", mode,
-               "--eval-fraction", str(eval_fraction)]
-    # cwd too: Ray's workers put the driver's working folder first on their import path
-    done = subprocess.run(command, env=env, cwd=pythonpath, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        raise SystemExit(f"measurement failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_measurement(__file__, pythonpath, ["--measure", str(store), "--classifier", str(classifier),
+                                                  "--mode", mode, "--eval-fraction", str(eval_fraction)])
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from measured_process import run_measurement  # benchmarks/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_ROWS, GROUP_ROWS = 10_000, 1_000
@@ -93,15 +93,8 @@ def measure(store: str, classifier: str, output_dir: str) -> dict:
 
 
 def run_one(pythonpath: str, store: Path, classifier: Path, output_dir: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    command = [sys.executable, __file__, "--measure", str(store), "--classifier", str(classifier),
-               "--output-dir", str(output_dir)]
-    # cwd too: Ray's workers put the driver's working folder first on their import path
-    done = subprocess.run(command, env=env, cwd=pythonpath, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        raise SystemExit(f"measurement failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_measurement(__file__, pythonpath, ["--measure", str(store), "--classifier", str(classifier),
+                                                  "--output-dir", str(output_dir)])
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+
+from measured_process import run_measurement  # benchmarks/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_ROWS, GROUP_ROWS, SIDE, CHANNELS = 10_000, 1_000, 32, 3
@@ -134,14 +134,8 @@ def measure(root: str, output_dir: str) -> dict:
 
 
 def run_one(pythonpath: str, work: Path, store: Path, output_dir: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": f"{pythonpath}:{work}"}  # the code measured, and the linear model
-    command = [sys.executable, __file__, "--measure", str(store), "--output-dir", str(output_dir)]
-    # cwd too: Ray's workers put the driver's working folder first on their import path
-    done = subprocess.run(command, env=env, cwd=pythonpath, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        raise SystemExit(f"measurement failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    # the code measured, and the linear model
+    return run_measurement(__file__, f"{pythonpath}:{work}", ["--measure", str(store), "--output-dir", str(output_dir)])
 
 
 def main() -> None:
