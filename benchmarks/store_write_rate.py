@@ -101,17 +101,19 @@ def write_plain(table, batch_size: int, path: Path, fsync: bool = False, **setti
     import pyarrow.parquet as pq
 
     started, cpu = time.perf_counter(), time.process_time()
-    pq.write_table(table, path, compression="zstd", row_group_size=batch_size, **settings)
+    pq.write_table(table, path, row_group_size=batch_size, **{"compression": "zstd", **settings})
     if fsync:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def store_settings() -> dict:
-    """The store writer's encoding settings, where this version of it has any."""
+def store_settings(arrays: dict[str, np.ndarray], batch_size: int) -> dict:
+    """The store writer's encoding settings for these rows, where this version of it has any."""
     from ccc_ray.store import writer
 
+    if hasattr(writer, "parquet_settings"):
+        return writer.parquet_settings(batch_of(arrays, 0, min(batch_size, len(arrays["images"]))))
     settings = {}
     if hasattr(writer, "DICTIONARY_COLUMNS"):
         settings["use_dictionary"] = writer.DICTIONARY_COLUMNS
@@ -126,6 +128,7 @@ def measure(case: str, repeats: int) -> dict:
     rows, height, width, channels, batch_size = CASES[case]
     arrays = make_rows(rows, height, width, channels)
     table = pa.Table.from_batches([batch_of(arrays, 0, rows)])
+    settings = store_settings(arrays, batch_size)
     times = {"store": [], "plain": [], "plain+fsync": [], "plain+settings": []}
     cpu = {mode: [] for mode in times}
     with tempfile.TemporaryDirectory(prefix="ccc-write-rate-") as folder:
@@ -143,7 +146,7 @@ def measure(case: str, repeats: int) -> dict:
                     seconds, cpu_seconds = write_plain(table, batch_size, base / "plain-fsync.parquet", fsync=True)
                 else:
                     seconds, cpu_seconds = write_plain(table, batch_size, base / "plain-settings.parquet",
-                                                       **store_settings())
+                                                       **settings)
                 times[mode].append(seconds)
                 cpu[mode].append(cpu_seconds)
         sizes = {"store_mb": (base / "store" / f"{METHOD}-{RUN_ID}.parquet").stat().st_size / 2**20,
