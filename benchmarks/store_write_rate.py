@@ -6,13 +6,15 @@ For each case, the same rows are written two ways, interleaved, `--repeats` time
 median time of each and their ratio (store rows/s divided by plain rows/s; 1.0 means no overhead):
 
 - `store`: what a job does, timed whole: `counterfeit_batch` from the NumPy arrays (row ids, lineage
-  columns) for every batch, `CounterfeitWriter` (hidden temporary, zstd, fsync, atomic rename).
+  columns) for every batch, `CounterfeitWriter` (hidden temporary, zstd where it pays, fsync, atomic
+  rename).
 - `plain`: `pyarrow.parquet.write_table` (zstd, pyarrow's other defaults) of a table holding exactly the
   columns the store writes, built beforehand and not timed (ids included), with the same row groups.
 - `plain+fsync` (for reading the result, not a target): the plain write followed by `os.fsync` of the
   file, the durability the store's atomic commit needs before its rename;
-- `plain+settings` (likewise): the plain write with the store's encoding settings, to show how much of the
-  difference is the encoding choice and how much the store's own work.
+- `plain+settings` (likewise): the plain write with the store's encoding settings (`parquet_settings`
+  of the first batch, where the store has it), to show how much of the difference is the encoding
+  choice and how much the store's own work.
 
 Wall time is the figure. The development machine is shared, so the script also gives the median of
 the ratios of adjacent (store, plain) pairs and the ratio of process CPU times, which contention

@@ -79,9 +79,9 @@ def counterfeit_ids(run_id: str, method: str, seed: int, sample_index: np.ndarra
 
     The same sha256 of the same bytes, so existing stores keep their ids; what is gone is the Python work
     per row around it: a C-level `map` chain makes each row's message (`bytes % int` writes decimal
-    indices as `str(int)` does), its hash object and its digest, nothing else, and the hex text is
-    written for all rows at once into one buffer (a fixed 32 characters per id, so the offsets are a
-    plain range).
+    indices as `str(int)` does), its hash object and its digest, nothing else, and the hex text of all
+    rows is written by one `binascii.hexlify` into one buffer (a fixed 32 characters per id, so the
+    offsets are a plain range).
     """
     n = len(sample_index)
     template = f"{run_id}\x00{method}\x00{seed}\x00".encode().replace(b"%", b"%%") + b"%d"
