@@ -6,13 +6,15 @@ For each case, the same rows are written two ways, interleaved, `--repeats` time
 median time of each and their ratio (store rows/s divided by plain rows/s; 1.0 means no overhead):
 
 - `store`: what a job does, timed whole: `counterfeit_batch` from the NumPy arrays (row ids, lineage
-  columns) for every batch, `CounterfeitWriter` (hidden temporary, zstd, fsync, atomic rename).
+  columns) for every batch, `CounterfeitWriter` (hidden temporary, zstd where it pays, fsync, atomic
+  rename).
 - `plain`: `pyarrow.parquet.write_table` (zstd, pyarrow's other defaults) of a table holding exactly the
   columns the store writes, built beforehand and not timed (ids included), with the same row groups.
 - `plain+fsync` (for reading the result, not a target): the plain write followed by `os.fsync` of the
   file, the durability the store's atomic commit needs before its rename;
-- `plain+settings` (likewise): the plain write with the store's encoding settings, to show how much of the
-  difference is the encoding choice and how much the store's own work.
+- `plain+settings` (likewise): the plain write with the store's encoding settings (`parquet_settings`
+  of the first batch, where the store has it), to show how much of the difference is the encoding
+  choice and how much the store's own work.
 
 Wall time is the figure. The development machine is shared, so the script also gives the median of
 the ratios of adjacent (store, plain) pairs and the ratio of process CPU times, which contention
@@ -101,17 +103,19 @@ def write_plain(table, batch_size: int, path: Path, fsync: bool = False, **setti
     import pyarrow.parquet as pq
 
     started, cpu = time.perf_counter(), time.process_time()
-    pq.write_table(table, path, compression="zstd", row_group_size=batch_size, **settings)
+    pq.write_table(table, path, row_group_size=batch_size, **{"compression": "zstd", **settings})
     if fsync:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def store_settings() -> dict:
-    """The store writer's encoding settings, where this version of it has any."""
+def store_settings(arrays: dict[str, np.ndarray], batch_size: int) -> dict:
+    """The store writer's encoding settings for these rows, where this version of it has any."""
     from ccc_ray.store import writer
 
+    if hasattr(writer, "parquet_settings"):
+        return writer.parquet_settings(batch_of(arrays, 0, min(batch_size, len(arrays["images"]))))
     settings = {}
     if hasattr(writer, "DICTIONARY_COLUMNS"):
         settings["use_dictionary"] = writer.DICTIONARY_COLUMNS
@@ -126,6 +130,7 @@ def measure(case: str, repeats: int) -> dict:
     rows, height, width, channels, batch_size = CASES[case]
     arrays = make_rows(rows, height, width, channels)
     table = pa.Table.from_batches([batch_of(arrays, 0, rows)])
+    settings = store_settings(arrays, batch_size)
     times = {"store": [], "plain": [], "plain+fsync": [], "plain+settings": []}
     cpu = {mode: [] for mode in times}
     with tempfile.TemporaryDirectory(prefix="ccc-write-rate-") as folder:
@@ -143,7 +148,7 @@ def measure(case: str, repeats: int) -> dict:
                     seconds, cpu_seconds = write_plain(table, batch_size, base / "plain-fsync.parquet", fsync=True)
                 else:
                     seconds, cpu_seconds = write_plain(table, batch_size, base / "plain-settings.parquet",
-                                                       **store_settings())
+                                                       **settings)
                 times[mode].append(seconds)
                 cpu[mode].append(cpu_seconds)
         sizes = {"store_mb": (base / "store" / f"{METHOD}-{RUN_ID}.parquet").stat().st_size / 2**20,

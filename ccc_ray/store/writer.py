@@ -22,6 +22,7 @@ id commits.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import os
@@ -62,7 +63,6 @@ def counterfeit_id(run_id: str, method: str, seed: int, sample_index: int) -> st
 
 
 ID_HEX_DIGITS = 32
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 try:  # CPython's own SHA-256: the same digests, cheaper per short message than OpenSSL's, whose context
     # set-up per call costs more than hashing one 64-byte block (320 vs 370 ns a row; docs/BENCHMARKS.md)
     from _sha256 import sha256 as _sha256  # Python <= 3.11
@@ -79,16 +79,15 @@ def counterfeit_ids(run_id: str, method: str, seed: int, sample_index: np.ndarra
 
     The same sha256 of the same bytes, so existing stores keep their ids; what is gone is the Python work
     per row around it: a C-level `map` chain makes each row's message (`bytes % int` writes decimal
-    indices as `str(int)` does), its hash object and its digest, nothing else, and the hex text is
-    written for all rows at once into one buffer (a fixed 32 characters per id, so the offsets are a
-    plain range).
+    indices as `str(int)` does), its hash object and its digest, nothing else, and the hex text of all
+    rows is written by one `binascii.hexlify` into one buffer (a fixed 32 characters per id, so the
+    offsets are a plain range).
     """
     n = len(sample_index)
     template = f"{run_id}\x00{method}\x00{seed}\x00".encode().replace(b"%", b"%%") + b"%d"
     messages = map(template.__mod__, np.asarray(sample_index, np.int64).tolist())
     digests = np.frombuffer(b"".join(map(_DIGEST, map(_sha256, messages))), np.uint8).reshape(n, 32)
-    kept = digests[:, :ID_HEX_DIGITS // 2]
-    text = np.stack([_HEX[kept >> 4], _HEX[kept & 15]], axis=2).reshape(n * ID_HEX_DIGITS)  # high nibble first
+    text = binascii.hexlify(np.ascontiguousarray(digests[:, :ID_HEX_DIGITS // 2]))  # lower case, high nibble first
     return pa.StringArray.from_buffers(n, _fixed_offsets(n, ID_HEX_DIGITS), pa.py_buffer(text))
 
 
@@ -172,6 +171,36 @@ DICTIONARY_COLUMNS = ["run_id", "method", "target", "predicted", "height", "widt
                       "classifier_sha256", "seed", "created_at", "source_id"]
 # Min/max statistics let readers skip row groups by value; image and mask bytes are never filtered on.
 STATISTICS_COLUMNS = [name for name in COUNTERFEIT_SCHEMA.names if name not in ("image", "mask")]
+# Encodings that cost less CPU to write than Parquet's PLAIN and give smaller files (docs/BENCHMARKS.md,
+# issue 16, third pass). Sample indices are mostly runs of consecutive numbers: delta encoding holds them in a
+# few bits a row instead of 8 bytes through zstd. Ids, images and masks: delta-length byte arrays keep the
+# lengths (one value, repeated) apart from the bytes, so zstd sees the bytes alone instead of a 4-byte length
+# before every value (for 8x8 digits: 40% less time in zstd, and a smaller file).
+COLUMN_ENCODINGS = {"sample_index": "DELTA_BINARY_PACKED", "id": "DELTA_LENGTH_BYTE_ARRAY",
+                    "image": "DELTA_LENGTH_BYTE_ARRAY", "mask": "DELTA_LENGTH_BYTE_ARRAY"}
+# Image and mask bytes that zstd cannot shrink (noise-like counterfeits) are stored as they are: zstd would
+# spend more CPU than the rest of the encoding to gain nothing. Judged once per file, on a sample of the first rows.
+PIXEL_COLUMNS = ("image", "mask")
+_SAMPLE_BYTES = 256 * 2**10
+_MIN_SAMPLE_BYTES = 16 * 2**10
+_WORTH_COMPRESSING = 0.95  # compressed / raw size of the sample below which zstd is kept
+
+
+def parquet_settings(first: pa.RecordBatch | None) -> dict[str, Any]:
+    """The writer's Parquet settings for a file whose first rows are `first` (None: a file without rows)."""
+    raw = [name for name in PIXEL_COLUMNS if first is not None and not _compresses(first.column(name))]
+    return {"compression": {name: "none" if name in raw else "zstd" for name in COUNTERFEIT_SCHEMA.names},
+            "use_dictionary": DICTIONARY_COLUMNS, "write_statistics": STATISTICS_COLUMNS,
+            "column_encoding": {**COLUMN_ENCODINGS, **{name: "PLAIN" for name in raw}}}
+
+
+def _compresses(column: pa.BinaryArray) -> bool:
+    """Whether zstd shrinks a sample of the column's bytes by 5% or more (too small a sample: assume so)."""
+    data = column.buffers()[2]
+    if data is None or data.size < _MIN_SAMPLE_BYTES:
+        return True
+    sample = data.slice(0, min(data.size, _SAMPLE_BYTES))
+    return pa.compress(sample, "zstd", asbytes=False).size < _WORTH_COMPRESSING * sample.size
 
 
 class CounterfeitWriter:
@@ -191,18 +220,22 @@ class CounterfeitWriter:
         self._tmp = f"{self._tmp_prefix}{_HOST}.{os.getpid()}.tmp"
         metadata = {RUN_METADATA_KEY: json.dumps(run_metadata, default=str).encode(),
                     CLASS_NAMES_KEY: json.dumps(list(class_names)).encode()}
+        self._schema = COUNTERFEIT_SCHEMA.with_metadata(metadata)
         self._sink = self._fs.open_output_stream(self._tmp)
-        self._writer = pq.ParquetWriter(self._sink, COUNTERFEIT_SCHEMA.with_metadata(metadata), compression="zstd",
-                                        use_dictionary=DICTIONARY_COLUMNS, write_statistics=STATISTICS_COLUMNS)
+        self._writer: pq.ParquetWriter | None = None  # made at the first rows, whose bytes choose the codecs
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._sink, self._schema, **parquet_settings(batch))
             self._writer.write_batch(batch)
             self.rows += batch.num_rows
 
     def commit(self) -> str | Path:
         """Finish the file and put it in place; returns its path or URI."""
+        if self._writer is None:  # no rows: a file with the schema alone
+            self._writer = pq.ParquetWriter(self._sink, self._schema, **parquet_settings(None))
         self._writer.close()
         self._sink.close()
         try:
@@ -220,7 +253,8 @@ class CounterfeitWriter:
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
             self._sink.close()
         finally:
             self._delete_tmp()
