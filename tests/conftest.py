@@ -56,24 +56,39 @@ def digits_generator_file(tmp_path_factory, digits, digits_classifier_file):
     return path
 
 
+SHARED_RAY_CPUS = 4  # logical: two Train workers fit next to Train's controller on 2 cores
+_shared_ray_address: list[str] = []  # the GCS address of the Ray this session started, while it runs
+
+
+def shared_ray() -> None:
+    """The session's in-process Ray, started by the first test that asks and kept for the next: a start costs
+    6-16 s on 2 cores, and its idle task workers have torch and ccc_ray imported already. A test that needs
+    a Ray of its own (other resources, environment for its workers, a `Cluster`) shuts this one down first;
+    a Ray left running by anyone else is shut down here, so every test gets the same one."""
+    import ray
+
+    if ray.is_initialized():
+        if _shared_ray_address and ray.get_runtime_context().gcs_address == _shared_ray_address[0]:
+            return
+        ray.shutdown()
+    _shared_ray_address.clear()
+    context = ray.init(num_cpus=SHARED_RAY_CPUS, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
+    _shared_ray_address.append(context.address_info["gcs_address"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shut_down_the_shared_ray():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture
 def ray_cluster():
-    """In-process Ray on 2 logical CPUs, shut down right after its test so no other local cluster overlaps it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture
-def ray_cluster_4_cpus():
-    """`ray_cluster` with four logical CPUs, so two Train workers fit next to the controller on 2 cores."""
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    """In-process Ray with 4 logical CPUs: the session's shared one (`shared_ray`)."""
+    shared_ray()
 
 
 # Processes a test starts in their own session (start_new_session=True), killed by pid: never `ray stop`

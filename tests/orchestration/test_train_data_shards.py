@@ -103,7 +103,7 @@ def test_one_worker_trains_the_classifier_exactly_as_the_loop_on_the_whole_set(r
 
 
 @pytest.mark.slow
-def test_two_workers_train_on_their_own_halves_and_the_driver_reads_no_image(ray_cluster_4_cpus, tmp_path, digits,
+def test_two_workers_train_on_their_own_halves_and_the_driver_reads_no_image(ray_cluster, tmp_path, digits,
                                                                              monkeypatch):
     root = digits_store(tmp_path / "store", digits)
     refuse_whole_reads(monkeypatch)
