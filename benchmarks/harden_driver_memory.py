@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from measured_process import run_measurement  # benchmarks/, beside this file
+from measured_process import run_measurement, write_synthetic_store  # benchmarks/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_ROWS, GROUP_ROWS = 10_000, 1_000
@@ -44,7 +44,6 @@ def build(work: Path, counts: list[int]) -> Path:
     from ccc_ray.classifiers.training import train_epoch
     from ccc_ray.classifiers.weights import save_classifier
     from ccc_ray.data.sources import DataConfig, load_dataset
-    from ccc_ray.store import CounterfeitWriter, counterfeit_batch
 
     dataset = load_dataset(DataConfig())
     classifier = work / "classifier.safetensors"
@@ -60,21 +59,11 @@ def build(work: Path, counts: list[int]) -> Path:
         save_classifier(classifier, model, config, dataset.image_shape, list(dataset.class_names), "digits")
     for count in counts:
         folder = work / f"pool-{count}"
-        if folder.is_dir():
-            continue
-        rng = np.random.default_rng(count)
-        for file_index, first in enumerate(range(0, count, FILE_ROWS)):
-            run_id = f"synthetic{file_index:03d}"
-            rows = min(FILE_ROWS, count - first)
-            with CounterfeitWriter(folder, "inversion", run_id, {"benchmark": "harden_driver_memory"},
-                                   list(dataset.class_names)) as writer:
-                for start in range(0, rows, GROUP_ROWS):
-                    n = min(GROUP_ROWS, rows - start)
-                    targets = (np.arange(start, start + n) % 10).astype(np.int64)
-                    writer.write(counterfeit_batch(
-                        rng.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8), targets, targets,
-                        np.full(n, 0.995, np.float32), np.full(n, 3.0, np.float32), np.arange(start, start + n),
-                        run_id=run_id, method="inversion", classifier_sha256="ab" * 32, seed=file_index))
+        if not folder.is_dir():
+            write_synthetic_store(folder, count, (8, 8, 1), "inversion", "synthetic", list(dataset.class_names),
+                                  {"benchmark": "harden_driver_memory"},
+                                  lambda rng, start, n: (np.arange(start, start + n) % 10).astype(np.int64),
+                                  0.995, 3.0, FILE_ROWS, GROUP_ROWS)
     return classifier
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from measured_process import run_measurement  # benchmarks/, beside this file
+from measured_process import run_measurement, write_synthetic_store  # benchmarks/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_ROWS, GROUP_ROWS, SIDE, CHANNELS = 10_000, 1_000, 32, 3
@@ -41,27 +41,12 @@ def linear(image_shape, num_classes):
 
 
 def build(work: Path, sizes: list[int]) -> None:
-    import numpy as np
-
-    from ccc_ray.store import CounterfeitWriter, counterfeit_batch
-
     for rows in sizes:
         folder = work / f"images-{rows}"
-        if folder.is_dir():
-            continue
-        rng = np.random.default_rng(rows)
-        for file_index, first in enumerate(range(0, rows, FILE_ROWS)):
-            run_id = f"images{file_index:03d}"
-            count = min(FILE_ROWS, rows - first)
-            with CounterfeitWriter(folder, "images", run_id, {"benchmark": "train_data_memory"},
-                                   [str(k) for k in range(10)]) as writer:
-                for start in range(0, count, GROUP_ROWS):
-                    n = min(GROUP_ROWS, count - start)
-                    labels = rng.integers(0, 10, n)
-                    writer.write(counterfeit_batch(
-                        rng.integers(0, 256, size=(n, SIDE, SIDE, CHANNELS), dtype=np.uint8), labels, labels,
-                        np.full(n, 0.99, np.float32), np.zeros(n, np.float32), np.arange(start, start + n),
-                        run_id=run_id, method="images", classifier_sha256="ab" * 32, seed=file_index))
+        if not folder.is_dir():
+            write_synthetic_store(folder, rows, (SIDE, SIDE, CHANNELS), "images", "images",
+                                  [str(k) for k in range(10)], {"benchmark": "train_data_memory"},
+                                  lambda rng, start, n: rng.integers(0, 10, n), 0.99, 0.0, FILE_ROWS, GROUP_ROWS)
 
 
 def descendants(root: int) -> dict[int, str]:
