@@ -91,6 +91,7 @@ def ray_cluster():
 
     register_method(TinyGenerator)  # the one registry line
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()  # the session's shared in-process Ray (conftest.shared_ray), if a test left it up
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield

@@ -29,6 +29,7 @@ def three_node_cluster(s3_server, monkeypatch):
     os.makedirs(temp_dir)
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    ray.shutdown()  # the session's shared in-process Ray (conftest.shared_ray), if a test left it up
     cluster = Cluster()
     try:
         cluster.add_node(num_cpus=0, temp_dir=temp_dir, include_dashboard=False)

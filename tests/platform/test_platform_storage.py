@@ -120,6 +120,7 @@ def test_tune_trials_checkpoint_under_an_s3_storage_path(s3_server, s3_keys, tmp
     """`ccc-ray tune --run.storage_path s3://...`: the search and each trial's Train checkpoints are objects."""
     import ray
 
+    ray.shutdown()  # the shared Ray's workers were started without moto's S3 settings in their environment
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         code = main(["tune", "--run.output_dir", str(tmp_path), "--run.classifier_path", str(digits_classifier_file),
