@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ccc_ray.errors import CccError
 
@@ -61,6 +60,10 @@ def acceptance_threshold(in_scores: torch.Tensor | np.ndarray, tpr: float = TPR_
 def ood_metrics(in_scores: torch.Tensor | np.ndarray,
                 out_scores: torch.Tensor | np.ndarray) -> dict[str, float | int]:
     """AUROC, AUPR (in- and out-positive), FPR95 and its threshold, from the two groups' scores."""
+    # Imported here: scikit-learn (scipy with it) costs ~1 s to import on 2 cores, paid by every Ray worker
+    # process that imports the job config otherwise, though only evaluation computes metrics.
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
     scores_in = _as_scores(in_scores, "in-distribution scores")
     scores_out = _as_scores(out_scores, "OOD scores")
     _check_both_groups(scores_in, scores_out)

@@ -3,7 +3,9 @@
 The counterfeit pool reaches the workers as a Ray Data shard (`ray.train.get_dataset_shard`): Ray Data
 tasks read the store files one row group at a time and keep only the training rows (split by id exactly
 as `split_counterfeits` splits them), so neither the driver, which only scans the pool (ids, counts,
-checks), nor a worker holds more than its window of it (`ccc_ray/hardening/pool.py`). The real training
+checks), nor a worker holds more than its window of it (`ccc_ray/hardening/pool.py`). A pool of at most
+`POOL_IN_MEMORY_BYTES` of pixels is read by the driver instead and handed over as blocks, the same rows
+in the same order. The real training
 data arrives the same way, as shares of the training split (`ccc_ray/orchestration/training_data.py`),
 with the class counts of the whole split for the class weights. One checkpoint per
 epoch (model, optimiser and, in adaptive mode, the in-loop attacker's generator and its optimiser); a
@@ -16,15 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.data.extensions import ArrowTensorArray
 from torch.utils.data import DataLoader, TensorDataset
 
 from ccc_ray.classifiers.guard import DataGuard
@@ -47,6 +52,7 @@ from ccc_ray.store.files import ensure_writable_dir
 
 COUNTERFEITS = "counterfeits"  # the name of the pool's dataset, as the workers ask for their shard
 READ_TASKS = 2  # store files read at once
+POOL_IN_MEMORY_BYTES = 1 << 20  # training rows' pixels up to which the driver reads the pool (`counterfeit_dataset`)
 
 
 def hardening_model(baseline: torch.nn.Module, mode: str, image_shape: tuple[int, int, int]) -> torch.nn.Module:
@@ -280,12 +286,20 @@ def _read_training_rows(batch: dict[str, np.ndarray], image_shape: tuple[int, in
 
 
 def counterfeit_dataset(scan: PoolScan, cfg: HardenSettings):
-    """The pool's training rows as a Ray Dataset of uint8 C x H x W `image`s, one read task per store file.
+    """The pool's training rows as a Ray Dataset of uint8 C x H x W `image`s, in file order.
 
-    The reads reserve no CPU: they are light next to training, and must not wait for CPUs the Train workers
-    hold (on a cluster the workers fill, a CPU-reserving read would never be scheduled).
+    Up to `POOL_IN_MEMORY_BYTES` of pixels the driver reads them here and hands them over as blocks: read
+    tasks start worker processes that import torch, seconds per round on a small node for a pool of a few
+    thousand rows. Above it, one read task per store file, so the driver never holds the pool. The reads
+    reserve no CPU: they are light next to training, and must not wait for CPUs the Train workers hold (on
+    a cluster the workers fill, a CPU-reserving read would never be scheduled).
     """
     ensure_ray()
+    if 0 < scan.train_rows * math.prod(scan.image_shape) <= POOL_IN_MEMORY_BYTES:
+        parts = [images for file in scan.files
+                 for images in training_rows(file, scan.image_shape, cfg.eval_fraction, cfg.split_seed,
+                                             scan.dropped.get(str(file), ()))]
+        return ray.data.from_arrow([pa.table({"image": ArrowTensorArray.from_numpy(images)}) for images in parts])
     files = ray.data.from_items([{"file": file} for file in scan.files], override_num_blocks=len(scan.files))
     return files.map_batches(_read_training_rows, batch_size=1, num_cpus=0,
                              compute=ray.data.TaskPoolStrategy(size=READ_TASKS),

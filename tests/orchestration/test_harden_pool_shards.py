@@ -15,7 +15,9 @@ from ccc_ray.hardening import counterfeits as counterfeits_module
 from ccc_ray.counterfeits.far import FarRule, fit_far_rule
 from ccc_ray.hardening.counterfeits import split_counterfeits
 from ccc_ray.job import load_job
-from ccc_ray.orchestration.harden_classifier import fine_tune_in_process, harden_classifier
+from ccc_ray.hardening.pool import scan_pool
+from ccc_ray.orchestration import harden_classifier as harden_module
+from ccc_ray.orchestration.harden_classifier import counterfeit_dataset, fine_tune_in_process, harden_classifier
 from ccc_ray.store import CounterfeitWriter, counterfeit_batch
 from ccc_ray.store import reader
 
@@ -42,9 +44,12 @@ def test_two_workers_stream_their_shares_and_the_driver_reads_no_store_whole(ray
     def refuse(*args, **kwargs):
         raise AssertionError("the driver read a whole store")
 
-    # Whole-store reads fail in this (the driver's) process; Ray's workers are other processes.
+    # Whole-store reads fail in this (the driver's) process; Ray's workers are other processes. The pool is
+    # small: without the line at 0 the driver would read it (below POOL_IN_MEMORY_BYTES) instead of tasks.
     monkeypatch.setattr(reader, "_read_file", refuse)
     monkeypatch.setattr(counterfeits_module, "read_store", refuse)
+    monkeypatch.setattr(harden_module, "POOL_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(harden_module, "training_rows", refuse)
     job = load_job(None, {"run.output_dir": str(tmp_path), "run.run_id": "shards", "run.num_workers": 2,
                           "harden.mode": "oe", "harden.epochs": 2, "harden.pool_rows_per_worker": 100})
     info, metrics = harden_classifier(job, digits_classifier_file, stores, tmp_path / "hardened.safetensors",
@@ -78,3 +83,21 @@ def test_one_worker_on_a_pool_that_fits_trains_as_on_the_whole_pool(ray_cluster,
     hardened = hardened.classifier  # the trained model inside its data guard (harden.guard auto on digits)
     for name, value in expected.state_dict().items():
         torch.testing.assert_close(hardened.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_small_pool_read_by_the_driver_gives_the_rows_the_read_tasks_give(ray_cluster, tmp_path, monkeypatch):
+    stores = [noise_store(tmp_path / "a", "r0", 300, 1), noise_store(tmp_path / "b", "r1", 200, 2)]
+    scan = scan_pool(stores, (1, 8, 8), 10, 0.3, 0)
+    job = load_job(None, {"run.output_dir": str(tmp_path)})
+    in_memory = counterfeit_dataset(scan, job.harden)
+    assert "_read_training_rows" not in str(in_memory)  # no read task: the blocks are the driver's arrays
+    monkeypatch.setattr(harden_module, "POOL_IN_MEMORY_BYTES", scan.train_rows * 64 - 1)  # one byte short
+    streamed = counterfeit_dataset(scan, job.harden)
+    assert "_read_training_rows" in str(streamed)
+    import ray.data
+
+    # plan order, as the workers receive it (`ingest_config`)
+    monkeypatch.setattr(ray.data.DataContext.get_current().execution_options, "preserve_order", True)
+    rows = [np.stack([row["image"] for row in dataset.take_all()]) for dataset in (in_memory, streamed)]
+    assert len(rows[0]) == scan.train_rows == len(split_counterfeits(stores, (1, 8, 8), 10, 0.3, 0).train_ids)
+    np.testing.assert_array_equal(rows[0], rows[1])  # the same rows, in the same (file) order

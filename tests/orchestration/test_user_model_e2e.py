@@ -99,15 +99,17 @@ def users_accuracy(spec: UserModel, model: nn.Module, dataset) -> float:
     return float((logits.argmax(1) == dataset.test_labels).float().mean())
 
 
-@pytest.fixture
-def ray_started_here(monkeypatch):
-    """A local Ray started from this file's folder. Ray puts the driver's folder on its workers' path, so they
-    import `digits_net` from here as a user's workers import their factory module from the folder the job
-    runs in (or its --working-dir). A Ray an earlier test started has another folder: start afresh."""
+@pytest.fixture(scope="module")
+def ray_started_here():
+    """A local Ray started from this file's folder, for both models. Ray puts the driver's folder on its
+    workers' path, so they import `digits_net` from here as a user's workers import their factory module
+    from the folder the job runs in (or its --working-dir). A Ray an earlier test started has another
+    folder: start afresh."""
     ray.shutdown()
-    monkeypatch.chdir(Path(__file__).parent)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(Path(__file__).parent)
+        yield
+        ray.shutdown()
 
 
 def ccc_ray(*argv: str) -> None:

@@ -21,18 +21,21 @@ import urllib.request
 from pathlib import Path
 
 import onnx
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from ccc_ray.store import read_store
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-# The issue's reduced settings: every stage runs, each for seconds.
-REDUCED = ["--classifier.epochs", "3", "--inversion.steps", "40", "--inversion.batch_size", "128",
-           "--run.checkpoint_every", "20", "--generate.per_class", "5", "--keep.confidence_bar", "0.3",
-           "--harden.epochs", "1", "--harden.reattack_steps", "10", "--harden.real_ood_per_set", "20",
-           "--scorecard.each_round", "false"]
+# Every stage runs, each for seconds: one round with its scorecard, the data guard, the ONNX export.
+REDUCED = ["--classifier.epochs", "8", "--inversion.steps", "150", "--inversion.batch_size", "128",
+           "--run.checkpoint_every", "50", "--generate.per_class", "20", "--keep.confidence_bar", "0.9",
+           "--harden.epochs", "3", "--harden.reattack_steps", "60", "--harden.real_ood_per_set", "50",
+           "--rounds", "1", "--scorecard.per_class", "1", "--scorecard.generator_steps", "5",
+           "--scorecard.generations", "3", "--gradient_ascent.steps", "10"]
 
 
 def free_port() -> int:
@@ -88,12 +91,14 @@ def ray_head(sessions):
     shutil.rmtree(temp_dir.parent, ignore_errors=True)
 
 
-def test_pipeline_submitted_as_a_ray_job(ray_head, tmp_path):
+def test_reduced_pipeline_submitted_as_a_ray_job_writes_every_artifact(ray_head, tmp_path):
+    """The whole loop as a platform runs it (and the one end-to-end run of `jobs/pipeline.py` in the suite:
+    the job entry point, every stage and artifact; a local start is what the killed-run tests run)."""
     url, env = ray_head
     submit = [RAY, "job", "submit", "--address", url, "--submission-id", "ccc-platform-test",
               "--working-dir", str(REPO), "--", "python", "jobs/pipeline.py",
               "--run.output_dir", str(tmp_path), "--run.run_id", "submitted", *REDUCED]
-    result = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=480, check=False)
+    result = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600, check=False)
     logs = result.stdout + result.stderr
     assert result.returncode == 0, logs[-5000:]
     assert "Job 'ccc-platform-test' succeeded" in logs
@@ -102,10 +107,26 @@ def test_pipeline_submitted_as_a_ray_job(ray_head, tmp_path):
     assert "working_dir_files" in logs or "Uploading package" in logs  # it ran from the uploaded copy
 
     run = tmp_path / "submitted"
+    for name in ("classifier.safetensors", "generator-inversion.safetensors", "report.json", "report.md",
+                 "counterfeits.png", "roc-before.png", "roc-after.png", "classifier-hardened.onnx"):
+        assert (run / name).is_file(), name
     report = json.loads((run / "report.json").read_text())
     assert [row["round"] for row in report["rounds"]] == [0, 1]
+    assert all(row["scorecard"] for row in report["rounds"])  # the scorecard of every round, by default
+    assert report["rounds"][1]["guard"]["reference_images"] > 1000  # the default data guard, fitted
+    assert {"counterfeits_held_out", "photo_patches", "letters"} <= set(report["rounds"][1]["ood"])
+    assert max(report["export"]["parity_max_abs_probability_difference"].values()) <= 1e-5
+    assert "| 1 |" in (run / "report.md").read_text()
     table = read_store(run / "counterfeits", image_shape=(1, 8, 8), num_classes=10)
     assert table.num_rows > 0 and set(table["run_id"].to_pylist()) == {"submitted"}
+    rows = pq.read_table(run / "counterfeits" / "inversion-submitted.parquet")
+    assert rows.num_rows > 0 and set(rows["method"].to_pylist()) == {"inversion"}
+    split = json.loads((run / "rounds" / "submitted.r1" / "counterfeit-split.json").read_text())
+    assert not set(split["train_ids"]) & set(split["held_out_ids"])
     model = onnx.load(str(run / "classifier-hardened.onnx"))
-    assert {prop.key for prop in model.metadata_props} >= {"ccc_ray.ood_score", "ccc_ray.threshold"}
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    assert {"ccc_ray.ood_score", "ccc_ray.threshold"} <= set(props)
+    assert json.loads(props["ccc_ray.reject_class"]) is True and props["ccc_ray.ood_score"] == '"not_reject"'
+    with Image.open(run / "counterfeits.png") as grid:
+        assert grid.size[0] > 100 and grid.size[1] > 100
     assert any((run / "ray").glob("submitted-generator-inversion/checkpoint_*"))  # Train checkpoints
