@@ -277,12 +277,18 @@ def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
                          cfg.guard_cap, reject_class=cfg.mode != "oe")
 
 
+def _training_parts(files, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,
+                    dropped: dict[str, list[str]]) -> Iterator[np.ndarray]:
+    """The training rows of `files`, in file order, one row group at a time (uint8 N x C x H x W)."""
+    for file in files:
+        yield from training_rows(str(file), image_shape, eval_fraction, seed, dropped.get(str(file), ()))
+
+
 def _read_training_rows(batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], eval_fraction: float,
                         seed: int, dropped: dict[str, list[str]]) -> Iterator[dict[str, np.ndarray]]:
     """A Ray Data task: the training rows of its store files, one row group at a time."""
-    for file in batch["file"]:
-        for images in training_rows(str(file), image_shape, eval_fraction, seed, dropped.get(str(file), ())):
-            yield {"image": images}
+    for images in _training_parts(batch["file"], image_shape, eval_fraction, seed, dropped):
+        yield {"image": images}
 
 
 def counterfeit_dataset(scan: PoolScan, cfg: HardenSettings):
@@ -296,9 +302,7 @@ def counterfeit_dataset(scan: PoolScan, cfg: HardenSettings):
     """
     ensure_ray()
     if 0 < scan.train_rows * math.prod(scan.image_shape) <= POOL_IN_MEMORY_BYTES:
-        parts = [images for file in scan.files
-                 for images in training_rows(file, scan.image_shape, cfg.eval_fraction, cfg.split_seed,
-                                             scan.dropped.get(str(file), ()))]
+        parts = _training_parts(scan.files, scan.image_shape, cfg.eval_fraction, cfg.split_seed, scan.dropped)
         return ray.data.from_arrow([pa.table({"image": ArrowTensorArray.from_numpy(images)}) for images in parts])
     files = ray.data.from_items([{"file": file} for file in scan.files], override_num_blocks=len(scan.files))
     return files.map_batches(_read_training_rows, batch_size=1, num_cpus=0,
