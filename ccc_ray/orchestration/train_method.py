@@ -139,12 +139,16 @@ def train_method(job: JobConfig, method_name: str | None = None) -> tuple[str, d
     classifier, _ = classifier_from_bytes(loop_config["classifier_bytes"], loop_config["classifier_path"])
     method = build_method(job, loop_config["method_class"], info, classifier.eval().requires_grad_(False), "cpu")
     method.load_state_dict(load_checkpoint_state(result.checkpoint))
-    save_generator(output, method, list(info.class_names), info.sha256)
-    metrics = dict(result.metrics or {})
-    if method.trains_classifier:
-        trained = method.trained_classifier()
-        classifier_output = job.run.run_dir / f"classifier-{method_name}.safetensors"
-        joint = save_classifier(classifier_output, trained, info.config, info.image_shape, list(info.class_names),
-                                info.data_name, reject_class=True)
-        metrics.update(trained_classifier_file=str(classifier_output), trained_classifier_sha256=joint.sha256)
-    return str(output), metrics
+    return str(output), {**(result.metrics or {}), **write_method_files(job, method, info)}
+
+
+def write_method_files(job: JobConfig, method: TrainedMethod, info: ClassifierInfo) -> dict:
+    """Write a trained method's generator file and, for a joint method, its trained classifier (with a reject
+    class) to the run folder; returns the classifier's path and fingerprint for the run's metrics."""
+    save_generator(job.run.generator_file(method.name), method, list(info.class_names), info.sha256)
+    if not method.trains_classifier:
+        return {}
+    classifier_output = job.run.run_dir / f"classifier-{method.name}.safetensors"
+    joint = save_classifier(classifier_output, method.trained_classifier(), info.config, info.image_shape,
+                            list(info.class_names), info.data_name, reject_class=True)
+    return {"trained_classifier_file": str(classifier_output), "trained_classifier_sha256": joint.sha256}

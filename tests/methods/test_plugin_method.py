@@ -82,21 +82,17 @@ class TinyGenerator(TrainedMethod):
 
 
 @pytest.fixture
-def ray_cluster():
-    """The plug-in registered (the one registry line a plug-in package runs on import) and in-process Ray;
-    this module's classes travel to the workers by value (they are not importable there). Both undone
-    afterwards, so later tests' jobs carry no section of a class their workers cannot import."""
-    import ray
+def plugin_registered(ray_cluster):
+    """The plug-in registered (the one registry line a plug-in package runs on import), on the session's
+    shared Ray; this module's classes travel to the workers by value (they are not importable there). Both
+    undone afterwards, so later tests' jobs carry no section of a class their workers cannot import."""
     import ray.cloudpickle
 
     register_method(TinyGenerator)  # the one registry line
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()  # the session's shared in-process Ray (conftest.shared_ray), if a test left it up
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield
     finally:
-        ray.shutdown()
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         METHODS.pop(TinyGenerator.name, None)
 
@@ -105,7 +101,7 @@ def run(*argv: str) -> None:
     assert cli.main(list(argv)) == 0
 
 
-def test_a_method_defined_outside_the_package_runs_through_every_stage(ray_cluster, tmp_path, capsys,
+def test_a_method_defined_outside_the_package_runs_through_every_stage(plugin_registered, tmp_path, capsys,
                                                                       digits_classifier_file):
     assert METHODS["tiny_plugin"] is TinyGenerator
     common = ["--run.classifier_path", str(digits_classifier_file), "--generate.method", "tiny_plugin",

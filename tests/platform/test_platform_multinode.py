@@ -15,32 +15,34 @@ pytestmark = pytest.mark.slow
 BUCKET = "ccc-platform"
 
 
-@pytest.fixture
-def three_node_cluster(s3_server, monkeypatch):
-    """A head with no CPUs (driver, Train controller) and two 1-CPU worker nodes, each its own raylet."""
+@pytest.fixture(scope="module")
+def three_node_cluster(s3_server):
+    """A head with no CPUs (driver, Train controller) and two 1-CPU worker nodes, each its own raylet; one
+    cluster for this file's tests (a start costs 5-10 s here)."""
     import ray
     from ray.cluster_utils import Cluster
 
     # Ray's own temp dir, short for its socket paths; cluster_utils also writes its "current cluster"
     # address file there instead of /tmp/ray, where other people's `ray.init()` would find it.
     ray_tmp = tempfile.mkdtemp(prefix="ccc-mn-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     temp_dir = os.path.join(ray_tmp, "ray")
     os.makedirs(temp_dir)
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     ray.shutdown()  # the session's shared in-process Ray (conftest.shared_ray), if a test left it up
-    cluster = Cluster()
-    try:
-        cluster.add_node(num_cpus=0, temp_dir=temp_dir, include_dashboard=False)
-        workers = [cluster.add_node(num_cpus=1, temp_dir=temp_dir) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        yield cluster.head_node.node_id, {node.node_id for node in workers}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", ray_tmp)
+        patch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        patch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=0, temp_dir=temp_dir, include_dashboard=False)
+            workers = [cluster.add_node(num_cpus=1, temp_dir=temp_dir) for _ in range(2)]
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+            yield cluster.head_node.node_id, {node.node_id for node in workers}
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_workers_on_two_nodes_checkpoint_through_s3(three_node_cluster, s3_keys, tmp_path, digits_classifier_file):
