@@ -40,7 +40,8 @@ from ccc_ray.counterfeits.quality import quantize
 from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, plan_runs, search_run
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
-from ccc_ray.methods import METHODS, MethodContext, SearchMethod, TrainedMethod, TrainingSchedule, method_class
+from ccc_ray.methods import (METHODS, MethodContext, SearchMethod, TrainedMethod, TrainingSchedule, method_class,
+                             step_generator)
 from ccc_ray.methods.map_elites import EvolutionSchedule
 from ccc_ray.ood.metrics import acceptance_threshold
 from ccc_ray.ood.scores import OOD_SCORES, ood_score
@@ -193,8 +194,7 @@ def train_in_process(method: TrainedMethod, dataset: ImageDataset) -> None:
         batches = itertools.chain.from_iterable(itertools.repeat(loader))
     while method.step < config.steps:
         batch = None if batches is None else tuple(part.to(method.device) for part in next(batches))
-        rng = torch.Generator(device=method.device).manual_seed(config.seed * 1_000_003 + method.step)
-        method.training_step(batch, rng, config.batch_size)
+        method.training_step(batch, step_generator(config.seed, 0, method.step, method.device), config.batch_size)
 
 
 def attack_family(method_cls, config, classifier_fn, decision: DeployedThreshold, dataset: ImageDataset,

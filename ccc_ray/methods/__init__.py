@@ -17,6 +17,7 @@ from ccc_ray.methods.base import (
     SearchResult,
     TrainedMethod,
     TrainingSchedule,
+    step_generator,
 )
 from ccc_ray.methods.counterfactual import CounterfactualGAN
 from ccc_ray.methods.cppn import CppnEvolution
@@ -69,4 +70,4 @@ register_method(SubstrateGan)
 
 __all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
-           "register_method"]
+           "register_method", "step_generator"]

@@ -160,6 +160,12 @@ class SearchMethod(CounterfeitMethod):
         return self.search(targets, seed).images
 
 
+def step_generator(seed: int, rank: int, step: int, device: torch.device | str) -> torch.Generator:
+    """The `rng` a `training_step` gets for (seed, rank, step): every loop that trains a method (Ray Train's,
+    the in-process one) draws from this, so a 1-worker run, its resumption and the in-process loop agree."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank * 10_007 + step)
+
+
 class TrainedMethod(CounterfeitMethod):
     """A method with modules to fit, one optimiser step at a time, so orchestration drives the loop.
 

@@ -23,7 +23,7 @@ from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, s
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.methods import MethodContext, TrainedMethod, method_class
+from ccc_ray.methods import MethodContext, TrainedMethod, method_class, step_generator
 from ccc_ray.methods.generator_file import save_generator
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
@@ -31,10 +31,6 @@ from ccc_ray.store.files import ensure_writable_dir
 from ccc_ray.tuning.objective import generator_objective
 
 TRAINED_KINDS = ("generator", "joint")
-
-
-def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank * 10_007 + step)
 
 
 def real_batches(loader: DataLoader, sampler: DistributedSampler, start_step: int):
