@@ -93,6 +93,9 @@ class CounterfeitMethod:
     black_box: ClassVar[bool] = False  # True: needs only logits, so an ONNX model can be attacked
     uses_sources: ClassVar[bool] = False  # True: every sample starts from a real or substrate image
     trains_classifier: ClassVar[bool] = False  # True: the run's outputs include a trained classifier
+    # The config field that is the attack's budget (steps, generations, restarts): what the scorecard's
+    # `budget_scale` multiplies, so a figure can be stated at 1x and 10x; None: nothing to scale.
+    budget_field: ClassVar[str | None] = None
 
     def __init__(self, config, context: MethodContext):
         if not isinstance(config, self.config_class):
@@ -178,6 +181,7 @@ class TrainedMethod(CounterfeitMethod):
 
     kind = "generator"
     config_class: ClassVar[type] = TrainingSchedule
+    budget_field = "steps"
 
     def __init__(self, config, context: MethodContext):
         super().__init__(config, context)

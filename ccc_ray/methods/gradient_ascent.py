@@ -52,6 +52,7 @@ class GradientAscent(SearchMethod):
     name = "gradient_ascent"
     paper = "Nguyen, Yosinski & Clune, Deep Neural Networks are Easily Fooled (CVPR 2015): gradient ascent"
     config_class = GradientAscentConfig
+    budget_field = "steps"
 
     def __init__(self, config: GradientAscentConfig, context: MethodContext):
         super().__init__(config, context)

@@ -244,6 +244,7 @@ class EvolutionMethod(SearchMethod):
 
     paper = "Nguyen, Yosinski & Clune, Deep Neural Networks are Easily Fooled (CVPR 2015): MAP-Elites evolution"
     black_box = True
+    budget_field = "max_generations"
     encoding_class: ClassVar[type]
 
     def __init__(self, config, context: MethodContext):
