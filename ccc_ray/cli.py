@@ -37,11 +37,13 @@ DESCRIPTIONS = {
             "tune-trials.csv/.parquet and tune-best.yaml, which `train-generator --config` accepts. Starting "
             "the same search again resumes it.",
     "scorecard": "Run every attack family that applies against MODEL (a torch file: white box, every family; an ONNX "
-                 "file: black box, black-box families), one Ray task per family, each at the --scorecard budget and "
-                 "against the deployed decision (class and OOD acceptance); report per family the success rate "
-                 "(confident at --keep.confidence_bar AND accepted by the model's OOD threshold AND far from the "
-                 "data, --far), the near share, evaluations and seconds per success; writes scorecard.json, "
-                 "scorecard.md and scorecard.png to the run folder.",
+                 "file: black box, black-box families), one Ray task per family and budget (--scorecard.budget_scales "
+                 "1,10: each family's budget times 1 and 10), against the deployed decision (class and OOD "
+                 "acceptance); report per family the success rate (confident at --keep.confidence_bar AND accepted "
+                 "by the model's OOD threshold AND not of its target: far from the data, --far, or named another "
+                 "class by each --judge.judges; the worst judge's rate), the confirmed share, evaluations to the "
+                 "first success and per success; writes scorecard.json, scorecard.md, scorecard.png and "
+                 "scorecard-judged.png (samples with their verdicts) to the run folder.",
     "robustness": "Accuracy under L-infinity PGD at each --robustness.epsilons for MODEL (a classifier file; "
                   "a hardened or joint K + 1 model is attacked and scored on its class head, or over all its outputs with "
                   "--robustness.attack all_outputs or wrong_class, which add the shares rejected and wrong); prints "
@@ -67,9 +69,9 @@ def command_sections(command: str) -> tuple[str, ...]:
         "train-generator": ("data", "keep", "generate", "run") + _trained(),
         "generate": ("data", "keep", "far", "generate", "run"),
         "attack": ("data", "keep", "far", "attack", "run") + _searches(),
-        "harden": ("data", "keep", "far", "generate", "harden", "scorecard", "run") + _trained() + _searches(),
+        "harden": ("data", "keep", "far", "judge", "generate", "harden", "scorecard", "run") + _trained() + _searches(),
         "tune": ("data", "keep", "generate", "tune", "run") + _trained(),
-        "scorecard": ("data", "keep", "scorecard", "far", "run") + _trained() + _searches(),
+        "scorecard": ("data", "keep", "scorecard", "far", "judge", "run") + _trained() + _searches(),
         "robustness": ("data", "robustness", "run"),
     }
     return fixed.get(command, tuple(section_classes()))

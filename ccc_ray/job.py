@@ -20,6 +20,7 @@ import yaml
 from ccc_ray.classifiers.build import ClassifierConfig
 from ccc_ray.config import config_from_dict, option, read_yaml, validate_config
 from ccc_ray.counterfeits.far import FarRule
+from ccc_ray.counterfeits.judge import JudgeSettings
 from ccc_ray.counterfeits.keep import KeepRule
 from ccc_ray.counterfeits.scorecard import FAMILY_KINDS, ScorecardSettings
 from ccc_ray.data.sources import DataConfig
@@ -256,6 +257,7 @@ class JobConfig:
     tune: TuneSettings = field(default_factory=TuneSettings)
     scorecard: ScorecardSettings = field(default_factory=ScorecardSettings)
     far: FarRule = field(default_factory=FarRule)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     run: RunSettings = field(default_factory=RunSettings)
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its config (one section each)

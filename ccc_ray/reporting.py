@@ -46,6 +46,38 @@ def counterfeit_grid_png(images: torch.Tensor, targets: torch.Tensor, class_name
     plt.close(figure)
 
 
+def judged_grid_png(rows: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]], class_names: list[str],
+                    path: str | Path) -> None:
+    """One row per scorecard family (and budget): samples that fooled the deployed model (uint8 N x C x H x W),
+    each titled with its target and the worst judge's verdict (far / wrong / confirmed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = list(rows) or ["(no family)"]
+    columns = max([len(targets) for _, targets, _ in rows.values()] + [1])
+    figure, axes = plt.subplots(len(names), columns, figsize=(columns * 0.9, len(names) * 1.05), squeeze=False)
+    colours = {"far": "tab:red", "wrong": "tab:red", "confirmed": "tab:green"}
+    for row, name in enumerate(names):
+        images, targets, verdicts = rows.get(name, (torch.empty(0), torch.empty(0), []))
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column < len(verdicts):
+                picture = images[column].permute(1, 2, 0).float().numpy() / 255.0
+                axis.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+                axis.set_title(f"{class_names[int(targets[column])]}: {verdicts[column]}", fontsize=6,
+                               color=colours.get(verdicts[column], "black"))
+            if column == 0:
+                axis.set_ylabel(name, rotation=0, labelpad=30, va="center", fontsize=7)
+    figure.suptitle("samples that fooled the model: target and verdict (far / wrong: a failure; confirmed: "
+                    "the judge agrees)", fontsize=8)
+    atomic_write_bytes(path, _figure_bytes(figure))
+    plt.close(figure)
+
+
 def roc_curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str) -> None:
     """ROC curves (in-distribution = positive), one per OOD set: name -> (fpr, tpr, auroc)."""
     import matplotlib
@@ -117,11 +149,13 @@ def render_report_md(report: dict) -> str:
     if carded:
         families = list(carded[0]["scorecard"])
         lines += ["## Attack scorecard per round", "",
-                  "Success: confident at the bar AND accepted by the round's OOD threshold AND far from the data "
-                  "(`ccc-ray scorecard`; each round's folder holds its scorecard.md). Near share in brackets.", "",
+                  "Success: confident at the bar AND accepted by the round's OOD threshold AND not of its target "
+                  "(far from the data, or near it and named another class by the judge; the worst judge's rate: "
+                  "`ccc-ray scorecard`; each round's folder holds its scorecard.md and scorecard-judged.png). "
+                  "Confirmed share (the judge names the target: not failures) in brackets.", "",
                   "| round | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
         for row in carded:
-            cells = [f"{_pct(row['scorecard'][f]['success_rate'])} ({_pct(row['scorecard'][f]['near_share'])})"
+            cells = [f"{_pct(row['scorecard'][f]['success_rate'])} ({_pct(row['scorecard'][f]['confirmed_share'])})"
                      if f in row["scorecard"] else "-" for f in families]
             lines.append(f"| {row['round']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -145,42 +179,50 @@ def _per_success(value) -> str:
 
 
 def render_scorecard_md(card: dict) -> str:
-    """scorecard.json as Markdown: the rules it was judged by, then one row per attack family."""
+    """scorecard.json as Markdown: the rules and judges it was judged by, then one row per family and budget."""
     ood, far = card["ood"], card["far"]
     box = "white box (torch file)" if card["model_kind"] == "torch" else "black box (ONNX file)"
+    judges = card.get("judges", [])
     lines = [f"# ccc-ray attack scorecard: `{card['model']}`", "",
              f"{box}, fingerprint `{card['classifier_sha256'][:12]}`. A success is a sample that is **confident** "
              f"(softmax of its target >= {card['confidence_bar']} on the stored uint8 image), **accepted** "
              f"(OOD score `{ood['score']}` >= {ood['ood_threshold']:.6g}, threshold from the {ood['source']}) "
-             f"**and far** from the data (nearest training image at >= {far['radius']:.4g} in {far['space']} "
-             f"space: the {far['percentile']:g}th percentile of held-out real images' own nearest distance). "
-             "Every family attacks the deployed decision (class and OOD acceptance together). Near share: of the "
-             "samples that were confident and accepted, the share near the data, which do not count.", "",
-             "| family | kind | box | samples | confident | accepted | confident & accepted | far | success rate "
-             "| near share | evaluations | evaluations / success | seconds | seconds / success |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"**and not of its target**: far from the data (nearest training image at >= {far['radius']:.4g} in "
+             f"{far['space']} space: the {far['percentile']:g}th percentile of held-out real images' own nearest "
+             "distance), or near it and named another class by the judge. Every family attacks the deployed "
+             "decision (class and OOD acceptance together). The rate is the worst judge's; confirmed share: of the "
+             "samples that were confident and accepted, the share that judge still names the target (not failures).",
+             "", "Judges (accuracy on the run's held-out real images): "
+             + "; ".join(f"`{j['name']}` ({j['mechanism'].replace('_', ' ')}, {_pct(j['accuracy'])})" for j in judges)
+             + ".", "",
+             "| family | budget | box | samples | confident & accepted | far | success rate | by judge "
+             "| confirmed share | evaluations | to first success | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in card["families"]:
-        lines.append(f"| {row['family']} | {row['kind']} | {'black' if row['black_box'] else 'white'} | "
-                     f"{row['samples']} | {row['confident']} | {row['accepted']} | {row['confident_and_accepted']} | "
-                     f"{row['far']} | **{_pct(row['success_rate'])}** ({row['successes']}) | "
-                     f"{_pct(row['near_share'])} | {row['evaluations']:,} | "
-                     f"{_per_success(row['evaluations_per_success'])} | {row['seconds']:.1f} | "
-                     f"{_per_success(row['seconds_per_success'])} |")
+        by_judge = ", ".join(f"{name} {_pct(figures['success_rate'])}" for name, figures in row["judges"].items())
+        first = row.get("evaluations_to_first_success")
+        lines.append(f"| {row['family']} | {row['budget_scale']:g}x | {'black' if row['black_box'] else 'white'} | "
+                     f"{row['samples']} | {row['confident_and_accepted']} | {row['far']} | "
+                     f"**{_pct(row['success_rate'])}** ({row['successes']}) | {by_judge} | "
+                     f"{_pct(row['confirmed_share'])} | {row['evaluations']:,} | "
+                     f"{'-' if first is None else f'{first:,}'} | {row['seconds']:.1f} |")
     settings = card["settings"]
-    lines += ["", f"Budget: {settings['per_class']} samples per class and family; trained families "
+    lines += ["", f"Budget at 1x: {settings['per_class']} samples per class and family; trained families "
               f"{settings['generator_steps'] or 'their own'} steps, evolution {settings['generations'] or 'its own'} "
-              f"generations, others their own section's budget (each row's `budget` in scorecard.json). "
-              f"Wall clock {card['wall_seconds']:.1f} s.", ""]
+              f"generations, others their own section's budget (each row's `budget` in scorecard.json); a row at "
+              f"Nx multiplies its family's budget field by N. Wall clock {card['wall_seconds']:.1f} s. "
+              "scorecard-judged.png shows samples per family with their verdicts.", ""]
     return "\n".join(lines)
 
 
 def scorecard_table(card: dict) -> str:
     """The card as a plain-text table for the terminal."""
-    header = f"{'family':<18}{'success':>9}{'near':>8}{'conf&acc':>10}{'evals/success':>15}{'s/success':>11}"
+    header = (f"{'family':<18}{'budget':>7}{'success':>9}{'confirmed':>11}{'conf&acc':>10}{'evals/success':>15}"
+              f"{'s/success':>11}")
     rows = [header]
     for row in card["families"]:
-        rows.append(f"{row['family']:<18}{_pct(row['success_rate']):>9}{_pct(row['near_share']):>8}"
-                    f"{row['confident_and_accepted']:>6}/{row['samples']:<3}"
+        rows.append(f"{row['family']:<18}{row['budget_scale']:>6g}x{_pct(row['success_rate']):>9}"
+                    f"{_pct(row['confirmed_share']):>11}{row['confident_and_accepted']:>6}/{row['samples']:<3}"
                     f"{_per_success(row['evaluations_per_success']):>15}{_per_success(row['seconds_per_success']):>11}")
     return "\n".join(rows)
 
@@ -196,12 +238,13 @@ def scorecard_png(card: dict, path: str | Path) -> None:
     x = np.arange(len(rows))
     shares = {"confident": [r["confident"] / max(r["samples"], 1) for r in rows],
               "confident & accepted": [r["confident_and_accepted"] / max(r["samples"], 1) for r in rows],
-              "success (+ far)": [r["success_rate"] for r in rows]}
+              "success (not the target)": [r["success_rate"] for r in rows]}
     figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.6))
     width = 0.26
     for offset, (label, values) in zip((-width, 0, width), shares.items()):
         axis.bar(x + offset, values, width, label=label)
-    axis.set_xticks(x, [r["family"] for r in rows], rotation=15)
+    axis.set_xticks(x, [r["family"] + ("" if r.get("budget_scale", 1) == 1 else f" x{r['budget_scale']:g}")
+                        for r in rows], rotation=15)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel(f"share of samples (bar {card['confidence_bar']})")
     axis.set_title(f"attack scorecard: {Path(card['model']).name} ({card['model_kind']})", fontsize=9)

@@ -12,11 +12,18 @@ Every sample is judged on the image as stored (uint8), against the model itself:
 - confident: the keep rule (`keep.py`) at the user's `keep.confidence_bar`;
 - accepted: the model's OOD score >= its threshold (the ONNX metadata's, or calibrated on the test split
   to accept 95% of it for a torch file or an ONNX file without one);
-- far: the far rule (`far.py`), fitted on the run's data.
-A success is all three. Per family the card reports the success rate, the near share (of the samples
-that were confident and accepted, the share that were near the data and so do not count: attacker effort
-spent finding the data), classifier evaluations (images the model scored, training passes included) and
+- not the target, by each judge (`judge.py`): far from the data (the far rule, `far.py`: no class is
+  right there), or near the data and named another class by the judge (a noisy real 9 the model calls
+  "3"). Near samples the judge names the target are digits the attacker found, not failures.
+A success is all three; the row's figure is the worst judge's (`success_rate`), each judge's is beside
+it. Per family the card also reports the confirmed share (of the samples that fooled the deployed model,
+the share the worst judge still names the target: attacker effort spent finding the data), classifier
+evaluations (images the model scored, training passes included), evaluations to the first success and
 seconds per success.
+
+Budgets are stated and scaled: `budget_scales` runs every family at each multiple of its budget (the
+field its method names as `budget_field`: steps, generations, restarts), so a defence is seen at 1x and at
+10x; one that holds at 1x and falls at 10x has not held.
 
 Contract: images uint8 N x C x H x W as stored; targets int64 N in [0, K).
 """
@@ -35,6 +42,7 @@ from ccc_ray.classifiers.training import predict_logits
 from ccc_ray.config import option
 from ccc_ray.counterfeits.deployed_decision import DeployedDecision
 from ccc_ray.counterfeits.far import FarFromData
+from ccc_ray.counterfeits.judge import CONFIRMED, FAR, WRONG, Judge
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import quantize
 from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, plan_runs, search_run
@@ -58,6 +66,9 @@ class ScorecardSettings:
     families: list[str] = option([], "attack families to run (registered method names, e.g. inversion,cppn); "
                                      "default: every generator and search method that applies to the model")
     per_class: int = option(5, "samples per class and family (a search: one independently seeded run each)", ge=1)
+    budget_scales: list[float] = option([1.0], "run every family at each of these multiples of its budget (its "
+                                                "steps, generations or restarts), e.g. 1,10: the card shows success "
+                                                "against budget", ge=1)
     generator_steps: int = option(300, "training steps of every trained family (its section's `steps`); "
                                        "0 = the section's own", ge=0)
     generations: int = option(100, "generations of every evolution family (its section's `max_generations`); "
@@ -140,13 +151,17 @@ def scorecard_families(requested: list[str], target: AttackTarget) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def family_config(config, settings: ScorecardSettings):
+def family_config(config, settings: ScorecardSettings, method_cls=None, budget_scale: float = 1.0):
     """A family's section with the scorecard's budget applied: steps for trained families, generations for
-    evolution; anything else runs at its own section's budget."""
+    evolution, anything else its own section's budget; then that budget (the method's `budget_field`) times
+    `budget_scale`."""
     if isinstance(config, TrainingSchedule) and settings.generator_steps:
         config = dataclasses.replace(config, steps=settings.generator_steps)
     if isinstance(config, EvolutionSchedule) and settings.generations:
         config = dataclasses.replace(config, max_generations=settings.generations)
+    field_name = getattr(method_cls, "budget_field", None)
+    if budget_scale != 1 and field_name:
+        config = dataclasses.replace(config, **{field_name: round(getattr(config, field_name) * budget_scale)})
     return config
 
 
@@ -178,6 +193,9 @@ class FamilyAttack:
     evaluations: int  # images the model scored during the attack (training passes included)
     seconds: float  # the attack's wall clock (training included, model loading excluded)
     budget: dict  # the family's section as it ran
+    budget_scale: float = 1.0  # the multiple of the scorecard's budget it ran at
+    # searches: per sample, classifier evaluations until it reached the bar (-1 never); generators: None
+    evaluations_to_bar: torch.Tensor | None = None
 
 
 def train_in_process(method: TrainedMethod, dataset: ImageDataset) -> None:
@@ -199,8 +217,9 @@ def train_in_process(method: TrainedMethod, dataset: ImageDataset) -> None:
 
 def attack_family(method_cls, config, classifier_fn, decision: DeployedThreshold, dataset: ImageDataset,
                   per_class: int, seed: int, confidence_bar: float,
-                  device: torch.device | str = "cpu") -> FamilyAttack:
-    """Run one family against the deployed decision of `classifier_fn`: `per_class` samples per class."""
+                  device: torch.device | str = "cpu", budget_scale: float = 1.0) -> FamilyAttack:
+    """Run one family against the deployed decision of `classifier_fn`: `per_class` samples per class
+    (`config` already at `budget_scale` times the scorecard's budget: `family_config`)."""
     counter = CountingClassifier(classifier_fn)
     objective = decision.objective(counter, confidence_bar)
     k = dataset.num_classes
@@ -211,20 +230,23 @@ def attack_family(method_cls, config, classifier_fn, decision: DeployedThreshold
         results = [search_run(method, run) for run in plan_runs(list(range(k)), per_class, 1, seed)]
         images = torch.cat([torch.from_numpy(result.images).permute(0, 3, 1, 2) for result in results])
         targets = torch.cat([torch.tensor(result.run.classes, dtype=torch.int64) for result in results])
+        to_bar = torch.cat([torch.from_numpy(result.evaluations).long() for result in results])
     else:
+        to_bar = None
         method = method_cls(config, MethodContext(dataset.image_shape, k, objective, device, confidence_bar))
         train_in_process(method, dataset)
         targets = torch.arange(k).repeat_interleave(per_class)
         images = quantize(method.sample_with_lineage(targets, seed, dataset).images.detach().cpu())
     return FamilyAttack(method_cls.name, method_cls.kind, bool(method_cls.black_box), images.contiguous(), targets,
-                        counter.evaluations, time.perf_counter() - start, dataclasses.asdict(config))
+                        counter.evaluations, time.perf_counter() - start, dataclasses.asdict(config), budget_scale,
+                        to_bar)
 
 
 # ---- judging ---------------------------------------------------------------------------------------------
 
 @dataclass
 class FamilyScore:
-    """One row of the scorecard."""
+    """One row of the scorecard: one family at one budget."""
 
     family: str
     kind: str
@@ -234,19 +256,25 @@ class FamilyScore:
     accepted: int  # OOD score >= threshold
     confident_and_accepted: int  # what fools the deployed model, near or far
     far: int  # far from the data (far rule)
-    successes: int  # confident AND accepted AND far
+    successes: int  # confident AND accepted AND not the target: the worst judge's count
     evaluations: int
     seconds: float
     budget: dict = field(default_factory=dict)
     mean_nearest_distance: float = float("nan")  # in the far rule's space
+    budget_scale: float = 1.0
+    far_successes: int = 0  # confident AND accepted AND far: what every judge counts
+    judges: dict = field(default_factory=dict)  # judge -> {"wrong", "confirmed", "successes", "success_rate"}
+    evaluations_to_first_success: int | None = None  # searches: the fewest evaluations a successful sample took
+    verdicts: list = field(default_factory=list)  # per sample: far / wrong / confirmed by the worst judge, or ""
 
     @property
     def success_rate(self) -> float:
         return self.successes / max(self.samples, 1)
 
     @property
-    def near_share(self) -> float:
-        """Of the samples that fooled the deployed model, the share near the data (which do not count)."""
+    def confirmed_share(self) -> float:
+        """Of the samples that fooled the deployed model, the share the worst judge names the target (a real-
+        looking image of that class the attacker found: not a failure of the model)."""
         return 1 - self.successes / self.confident_and_accepted if self.confident_and_accepted else 0.0
 
     @property
@@ -258,23 +286,52 @@ class FamilyScore:
         return self.seconds / self.successes if self.successes else None
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "success_rate": self.success_rate, "near_share": self.near_share,
-                "evaluations_per_success": self.evaluations_per_success,
+        return {**dataclasses.asdict(self), "success_rate": self.success_rate,
+                "confirmed_share": self.confirmed_share, "evaluations_per_success": self.evaluations_per_success,
                 "seconds_per_success": self.seconds_per_success}
 
 
+def judged_success(fooled: torch.Tensor, is_far: torch.Tensor, judge: Judge, stored: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(success, wrong) per sample under `judge`: fooled and (far, or near and named another class)."""
+    wrong = torch.zeros_like(fooled)
+    near_fooled = fooled & ~is_far
+    if bool(near_fooled.any()):
+        wrong[near_fooled] = judge.classify(stored[near_fooled]).cpu() != targets[near_fooled]
+    return fooled & (is_far | wrong), wrong
+
+
 def judge_family(attack: FamilyAttack, classifier_fn, decision: DeployedThreshold, far: FarFromData,
-                 confidence_bar: float) -> FamilyScore:
-    """Judge every sample against the model itself (not the attacker's objective): confident, accepted, far."""
+                 confidence_bar: float, judges: list[Judge]) -> FamilyScore:
+    """Judge every sample against the model itself (not the attacker's objective): confident, accepted, and
+    not the target by each judge (far, or near and named another class)."""
+    if not judges:
+        raise CccError("scorecard: judging needs at least one judge (judge.judges)")
     scored = score_as_stored(attack.images, attack.targets, classifier_fn, confidence_bar)
     accepted = decision.accepts(scored.logits) if len(attack.targets) else scored.kept
     distances = far.nearest(scored.stored)
     is_far = distances >= far.radius
     fooled = scored.kept & accepted
+    per_judge, worst, worst_wrong = {}, None, None
+    for judge in judges:
+        success, wrong = judged_success(fooled, is_far, judge, scored.stored, attack.targets)
+        count = int(success.sum())
+        per_judge[judge.name] = {"wrong": int(wrong.sum()), "confirmed": int((fooled & ~is_far & ~wrong).sum()),
+                                 "successes": count, "success_rate": count / max(len(attack.targets), 1),
+                                 "mechanism": judge.mechanism}
+        if worst is None or count > int(worst.sum()):
+            worst, worst_wrong = success, wrong
+    verdicts = [FAR if f else WRONG if w else CONFIRMED if fo else ""
+                for f, w, fo in zip((fooled & is_far).tolist(), worst_wrong.tolist(), fooled.tolist())]
+    first = None
+    if attack.evaluations_to_bar is not None and bool(worst.any()):
+        reached = attack.evaluations_to_bar[worst]
+        first = int(reached[reached >= 0].min()) if bool((reached >= 0).any()) else None
     return FamilyScore(attack.family, attack.kind, attack.black_box, len(attack.targets), int(scored.kept.sum()),
-                       int(accepted.sum()), int(fooled.sum()), int(is_far.sum()), int((fooled & is_far).sum()),
+                       int(accepted.sum()), int(fooled.sum()), int(is_far.sum()), int(worst.sum()),
                        attack.evaluations, attack.seconds, attack.budget,
-                       float(distances.mean()) if len(distances) else float("nan"))
+                       float(distances.mean()) if len(distances) else float("nan"), attack.budget_scale,
+                       int((fooled & is_far).sum()), per_judge, first, verdicts)
 
 
 @dataclass
@@ -287,6 +344,7 @@ class Scorecard:
     confidence_bar: float
     decision: DeployedThreshold
     far: dict  # the fitted far rule: space, percentile, radius
+    judges: list  # each judge: name, mechanism, held-out accuracy
     settings: dict
     families: list[FamilyScore]
     wall_seconds: float = 0.0
@@ -295,30 +353,36 @@ class Scorecard:
     def to_dict(self) -> dict:
         return {"model": self.model, "model_kind": self.model_kind, "classifier_sha256": self.classifier_sha256,
                 "confidence_bar": self.confidence_bar, "ood": dataclasses.asdict(self.decision), "far": self.far,
-                "settings": self.settings, "wall_seconds": self.wall_seconds, "stores": self.stores,
+                "judges": self.judges, "settings": self.settings, "wall_seconds": self.wall_seconds, "stores": self.stores,
                 "families": [row.to_dict() for row in self.families]}
 
 
 def run_scorecard(target: AttackTarget, classifier_fn, dataset: ImageDataset, settings: ScorecardSettings,
-                  method_configs: dict, far: FarFromData, confidence_bar: float,
+                  method_configs: dict, far: FarFromData, confidence_bar: float, judges: list[Judge],
                   device: torch.device | str = "cpu", progress=None) -> Scorecard:
-    """Every family in this process, one after another (the Ray driver runs them as parallel tasks)."""
+    """Every family at every budget scale in this process, one after another (the Ray driver runs them as
+    parallel tasks)."""
     start = time.perf_counter()
     decision = deployed_threshold(target, classifier_fn, dataset, settings.ood_score)
     rows = []
     for family in scorecard_families(settings.families, target):
-        config = family_config(method_configs.get(family) or METHODS[family].config_class(), settings)
-        attack = attack_family(METHODS[family], config, classifier_fn, decision, dataset, settings.per_class,
-                               settings.seed, confidence_bar, device)
-        rows.append(judge_family(attack, classifier_fn, decision, far, confidence_bar))
-        if progress:
-            progress(summary_line(rows[-1]))
+        for scale in settings.budget_scales:
+            config = family_config(method_configs.get(family) or METHODS[family].config_class(), settings,
+                                   METHODS[family], scale)
+            attack = attack_family(METHODS[family], config, classifier_fn, decision, dataset, settings.per_class,
+                                   settings.seed, confidence_bar, device, scale)
+            rows.append(judge_family(attack, classifier_fn, decision, far, confidence_bar, judges))
+            if progress:
+                progress(summary_line(rows[-1]))
     return Scorecard(target.path, target.kind, target.sha256, confidence_bar, decision, far.describe(),
-                     dataclasses.asdict(settings), rows, time.perf_counter() - start)
+                     [judge.describe() for judge in judges], dataclasses.asdict(settings), rows,
+                     time.perf_counter() - start)
 
 
 def summary_line(row: FamilyScore) -> str:
     per = row.evaluations_per_success
-    return (f"{row.family}: {row.successes}/{row.samples} successes ({row.success_rate:.1%}), near share "
-            f"{row.near_share:.1%}, {row.evaluations:,} evaluations"
+    judged = ", ".join(f"{name} {figures['success_rate']:.0%}" for name, figures in row.judges.items())
+    return (f"{row.family} at {row.budget_scale:g}x: {row.successes}/{row.samples} successes "
+            f"({row.success_rate:.1%}; {judged}), confirmed share {row.confirmed_share:.1%}, "
+            f"{row.evaluations:,} evaluations"
             + (f" ({per:,.0f} per success)" if per else "") + f", {row.seconds:.1f} s")

@@ -35,7 +35,7 @@ from ccc_ray.orchestration.evaluation import HELD_OUT, evaluate_on_pool
 from ccc_ray.orchestration.generation import generate_from_file
 from ccc_ray.orchestration.harden_classifier import harden_classifier, with_concrete_mode
 from ccc_ray.orchestration.reattack import reattack_success
-from ccc_ray.orchestration.scorecard import run_scorecard_on_ray
+from ccc_ray.orchestration.scorecard import family_key, run_scorecard_on_ray
 from ccc_ray.orchestration.train_method import train_method
 from ccc_ray.reporting import counterfeit_grid_png, roc_curves_png, write_report_md
 from ccc_ray.store.files import atomic_write_bytes, ensure_writable_dir
@@ -60,8 +60,8 @@ def round_job(job: JobConfig, round_index: int, classifier_path: Path) -> JobCon
 def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress) -> tuple[dict | None, list[str]]:
     """With `scorecard.each_round`: every attack family against this round's model (round 0: the baseline),
     written to the round's folder; per family the figures report.json keeps, and (`scorecard.pool`) the
-    store files of each family's confident, far samples for the next round's pool. The far rule keeps the
-    run's baseline classifier as its reference."""
+    store files of each family's confident samples not of their target for the next round's pool. The far
+    rule keeps the run's baseline classifier as its reference."""
     if not job.scorecard.each_round:
         return None, []
     this = round_job(job, round_index, model_path)
@@ -69,8 +69,10 @@ def round_scorecard(job: JobConfig, round_index: int, model_path: Path, progress
                                scorecard=dataclasses.replace(job.scorecard, model=str(model_path)))
     ensure_writable_dir(this.run.run_dir, "run.output_dir")
     card = run_scorecard_on_ray(this, progress, this.run.store_dir if job.scorecard.pool else None).to_dict()
-    kept = ("samples", "successes", "success_rate", "near_share", "evaluations_per_success", "seconds_per_success")
-    return ({row["family"]: {name: row[name] for name in kept} for row in card["families"]},
+    kept = ("samples", "successes", "success_rate", "confirmed_share", "far_successes", "judges",
+            "evaluations_per_success", "evaluations_to_first_success", "seconds_per_success")
+    return ({family_key(row["family"], row["budget_scale"]): {name: row[name] for name in kept}
+             for row in card["families"]},
             list(card["stores"].values()))
 
 
