@@ -64,23 +64,30 @@ def leave_one_out_distances(images: torch.Tensor) -> torch.Tensor:
 class DataGuard(nn.Module):
     """`classifier` whose answer fades into "reject" with the distance to the nearest training image."""
 
-    def __init__(self, classifier: nn.Module, reference: torch.Tensor, edge_distance: float,
-                 reject_distance: float, cap: float, reject_class: bool):
+    kind = "pixels"
+
+    def __init__(self, classifier: nn.Module, reference: torch.Tensor, edge_distance: float | torch.Tensor,
+                 reject_distance: float | torch.Tensor, cap: float, reject_class: bool):
         super().__init__()
         if reference.dim() != 2 or len(reference) == 0:
             raise CccError(f"data guard: needs M x D reference images with M >= 1, got {tuple(reference.shape)}")
-        if not 0 < edge_distance < reject_distance:
-            raise CccError(f"data guard: the edge distance ({edge_distance:.4g}) must be positive and below the "
-                           f"reject distance ({reject_distance:.4g}); raise harden.guard_reject_percentile")
+        edge = torch.as_tensor(edge_distance, dtype=torch.float64)
+        reject = torch.as_tensor(reject_distance, dtype=torch.float64)
+        for k, (e, r) in enumerate(zip(edge.reshape(-1).tolist(), reject.reshape(-1).tolist())):
+            if not 0 < e < r:
+                where = f" of class {k}" if edge.dim() else ""
+                raise CccError(f"data guard: the edge distance{where} ({e:.4g}) must be positive and below the "
+                               f"reject distance ({r:.4g}); raise harden.guard_reject_percentile")
         if not 0.5 < cap < 1:
             raise CccError(f"data guard: the cap must lie in (0.5, 1), got {cap}")
         self.classifier = classifier
         self.reject_class = reject_class
         self.register_buffer("reference", reference.float().contiguous())
         self.register_buffer("reference_sq_norms", reference.float().pow(2).sum(dim=1))
-        slope = math.log(cap / (1 - cap)) / (reject_distance - edge_distance)
-        self.register_buffer("guard_constants", torch.tensor([edge_distance, reject_distance, cap, slope],
-                                                             dtype=torch.float32))
+        slope = math.log(cap / (1 - cap)) / (reject - edge)
+        # [edge, reject, cap, slope]: one row here, one per class in ClassDataGuard
+        self.register_buffer("guard_constants", torch.stack([edge, reject, torch.full_like(edge, cap), slope],
+                                                            dim=-1).float())
 
     @classmethod
     def empty(cls, classifier: nn.Module, count: int, values: int, reject_class: bool) -> "DataGuard":
@@ -93,9 +100,7 @@ class DataGuard(nn.Module):
         """Distances fitted on the training images' own leave-one-out nearest distances."""
         if len(train_images) < 2:
             raise CccError(f"data guard: needs at least 2 training images, got {len(train_images)}")
-        if not 0 < edge_percentile < reject_percentile <= 100:
-            raise CccError(f"data guard: need 0 < edge percentile < reject percentile <= 100, got "
-                           f"{edge_percentile} and {reject_percentile}")
+        _check_percentiles(edge_percentile, reject_percentile)
         distances = leave_one_out_distances(train_images).double()
         edge = float(torch.quantile(distances, edge_percentile / 100))
         reject = float(torch.quantile(distances, reject_percentile / 100))
@@ -103,42 +108,150 @@ class DataGuard(nn.Module):
 
     @property
     def edge_distance(self) -> float:
-        return float(self.guard_constants[0])
+        """The (largest) edge distance: beyond it every answer is capped."""
+        return float(self.guard_constants[..., 0].max())
 
     @property
     def reject_distance(self) -> float:
-        return float(self.guard_constants[1])
+        return float(self.guard_constants[..., 1].max())
+
+    def squared_distances(self, images: torch.Tensor) -> torch.Tensor:
+        """Float N x M squared distances to every training image (|x|^2 - 2 x.r + |r|^2: one matmul, exportable)."""
+        flat = images.flatten(1).float()
+        return (flat.pow(2).sum(dim=1, keepdim=True) - 2 * flat @ self.reference.t()
+                + self.reference_sq_norms[None, :])
 
     def nearest_distance(self, images: torch.Tensor) -> torch.Tensor:
-        """Float N: distance to the nearest training image (|x|^2 - 2 x.r + |r|^2: one matmul, exportable)."""
-        flat = images.flatten(1).float()
-        squared = (flat.pow(2).sum(dim=1, keepdim=True) - 2 * flat @ self.reference.t()
-                   + self.reference_sq_norms[None, :])
-        return squared.min(dim=1).values.clamp_min(1e-12).sqrt()
+        """Float N: distance to the nearest training image."""
+        return self.squared_distances(images).min(dim=1).values.clamp_min(1e-12).sqrt()
+
+    def distances(self, images: torch.Tensor) -> torch.Tensor:
+        """Float N x 1: the distance each class's confidence fades with (here one for all)."""
+        return self.nearest_distance(images)[:, None]
 
     def log_weight(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log g, log(1 - g)) per image."""
-        reject_distance, slope = self.guard_constants[1], self.guard_constants[3]
-        z = slope * (reject_distance - self.nearest_distance(images))
+        """(log g, log(1 - g)) per image: N x 1 here, N x K in ClassDataGuard."""
+        reject_distance, slope = self.guard_constants[..., 1], self.guard_constants[..., 3]
+        z = slope * (reject_distance - self.distances(images))
         return F.logsigmoid(z), F.logsigmoid(-z)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(images).float()
         scale = torch.logsumexp(logits, dim=1, keepdim=True)  # kept, so max_logit still reads the model
         log_p = logits - scale
-        log_g, log_not_g = (t[:, None] for t in self.log_weight(images))
+        log_g, log_not_g = self.log_weight(images)
+        classes = log_p[:, :-1] if self.reject_class else log_p
+        moved = torch.logsumexp(classes + log_not_g, dim=1, keepdim=True)  # log sum_k (1 - g_k) p_k
         if self.reject_class:
-            classes = log_p[:, :-1] + log_g
-            rejected = _logaddexp(log_p[:, -1:] + log_g, log_not_g)
-            return torch.cat([classes, rejected], dim=1) + scale
-        return _logaddexp(log_p + log_g, log_not_g - math.log(logits.shape[1])) + scale
+            return torch.cat([classes + log_g, _logaddexp(log_p[:, -1:], moved)], dim=1) + scale
+        return _logaddexp(classes + log_g, moved - math.log(classes.shape[1])) + scale
 
     def describe(self) -> dict:
         """The fitted guard for reports and the classifier file's metadata."""
         edge, reject, cap, slope = (float(v) for v in self.guard_constants)
-        return {"space": "pixels", "reference_images": int(self.reference.shape[0]),
+        return {"kind": self.kind, "space": "pixels", "reference_images": int(self.reference.shape[0]),
                 "values_per_image": int(self.reference.shape[1]), "edge_distance": edge,
                 "reject_distance": reject, "cap": cap, "slope": slope, "reject_class": self.reject_class}
+
+
+class ClassDataGuard(DataGuard):
+    """`classifier` whose confidence in class k fades with the distance to the nearest class-k training image.
+
+    The reference holds the training images grouped by class, K groups of P (a class with fewer images
+    repeats its own, which leaves its nearest distance unchanged), so the per-class minimum is a reshape.
+    """
+
+    kind = "class_pixels"
+
+    def __init__(self, classifier: nn.Module, reference: torch.Tensor, edge_distances: torch.Tensor,
+                 reject_distances: torch.Tensor, cap: float, reject_class: bool):
+        edge_distances = torch.as_tensor(edge_distances).reshape(-1)
+        if len(edge_distances) < 2 or len(reference) % len(edge_distances):
+            raise CccError(f"class data guard: needs K >= 2 classes of equally many reference images, got "
+                           f"{len(reference)} images for {len(edge_distances)} classes")
+        super().__init__(classifier, reference, edge_distances, torch.as_tensor(reject_distances).reshape(-1),
+                         cap, reject_class)
+        self.classes = len(edge_distances)
+
+    @classmethod
+    def empty(cls, classifier: nn.Module, count: int, values: int, reject_class: bool,
+              classes: int = 2) -> "ClassDataGuard":
+        return cls(classifier, torch.zeros(count, values), torch.ones(classes), torch.full((classes,), 2.0), 0.9,
+                   reject_class)
+
+    @classmethod
+    def fit(cls, classifier: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+            edge_percentile: float, reject_percentile: float, cap: float,
+            reject_class: bool) -> "ClassDataGuard":
+        """Distances fitted on each class's leave-one-out nearest same-class distances (see the module doc)."""
+        _check_percentiles(edge_percentile, reject_percentile)
+        groups = images_by_class(train_images, train_labels)
+        width = classifier_width(classifier, train_images[:1])
+        if width != len(groups) + int(reject_class):
+            raise CccError(f"class data guard: the classifier has {width} outputs, the training labels make "
+                           f"{len(groups)} classes{' and a reject output' if reject_class else ''}")
+        distances = torch.cat([leave_one_out_distances(group) for group in groups]).double()
+        edge = float(torch.quantile(distances, edge_percentile / 100))
+        reject = float(torch.quantile(distances, reject_percentile / 100))
+        size = max(len(group) for group in groups)
+        reference = torch.cat([group.flatten(1)[torch.arange(size) % len(group)] for group in groups])
+        return cls(classifier, reference.float().cpu(), torch.full((len(groups),), edge),
+                   torch.full((len(groups),), reject), cap, reject_class)
+
+    def distances(self, images: torch.Tensor) -> torch.Tensor:
+        """Float N x K: distance to the nearest training image of each class."""
+        squared = self.squared_distances(images).unflatten(1, (self.classes, -1))
+        return squared.min(dim=2).values.clamp_min(1e-12).sqrt()
+
+    def describe(self) -> dict:
+        edge, reject, cap, slope = self.guard_constants.unbind(dim=1)
+        return {"kind": self.kind, "space": "pixels", "reference_images": int(self.reference.shape[0]),
+                "values_per_image": int(self.reference.shape[1]), "classes": self.classes,
+                "edge_distance": self.edge_distance, "reject_distance": self.reject_distance, "cap": float(cap[0]),
+                "edge_distances": edge.tolist(), "reject_distances": reject.tolist(), "slopes": slope.tolist(),
+                "reject_class": self.reject_class}
+
+
+def images_by_class(images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """The images of each class 0..K-1 (K = max label + 1), refusing a class with fewer than 2."""
+    if labels.dim() != 1 or len(labels) != len(images) or len(labels) == 0:
+        raise CccError(f"class data guard: needs one label per training image, got {tuple(labels.shape)} labels "
+                       f"for {len(images)} images")
+    counts = torch.bincount(labels.long())
+    if len(counts) < 2 or counts.min() < 2:
+        raise CccError(f"class data guard: every class needs at least 2 training images (its leave-one-out "
+                       f"distances fit it) and there must be 2 classes; counts per class: {counts.tolist()}")
+    return [images[labels == k] for k in range(len(counts))]
+
+
+def classifier_width(classifier: nn.Module, image: torch.Tensor) -> int:
+    """Outputs of `classifier` on one image (its mode kept)."""
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        with torch.no_grad():
+            device = next(classifier.parameters(), torch.empty(0)).device
+            return int(classifier(image.to(device)).shape[-1])
+    finally:
+        classifier.train(was_training)
+
+
+def _check_percentiles(edge_percentile: float, reject_percentile: float) -> None:
+    if not 0 < edge_percentile < reject_percentile <= 100:
+        raise CccError(f"data guard: need 0 < edge percentile < reject percentile <= 100, got "
+                       f"{edge_percentile} and {reject_percentile}")
+
+
+def empty_guard(classifier: nn.Module, description: dict, reject_class: bool) -> DataGuard:
+    """A guard of the kind and shapes `description` (`describe()`, as saved) records, to load its state into."""
+    count, values = int(description["reference_images"]), int(description["values_per_image"])
+    kind = description.get("kind", DataGuard.kind)  # files saved before the class-aware guard: pixels
+    if kind == DataGuard.kind:
+        return DataGuard.empty(classifier, count, values, reject_class)
+    if kind == ClassDataGuard.kind:
+        return ClassDataGuard.empty(classifier, count, values, reject_class, int(description["classes"]))
+    raise CccError(f"data guard: unknown kind {kind!r} in the classifier file (this version knows "
+                   f"{DataGuard.kind!r} and {ClassDataGuard.kind!r})")
 
 
 def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ from ccc_ray.orchestration.harden_classifier import guard_applies, hardening_par
 
 
 @pytest.mark.parametrize("overrides, shape, mode, guarded", [
-    ({}, (1, 8, 8), "reject", True),  # digits: pixel space, the guard applies
+    ({}, (1, 8, 8), "reject", True),  # digits: pixel space, the (class-aware) guard applies
     ({}, (3, 32, 32), "adaptive", False),  # 3,072 values: above far.auto_pixel_limit, no guard
     ({"harden.guard": "off"}, (1, 8, 8), "adaptive", False),
     ({"harden.guard": "pixels"}, (3, 32, 32), "reject", True),
+    ({"harden.guard": "class_pixels"}, (3, 32, 32), "reject", True),
     ({"harden.mode": "adaptive"}, (1, 8, 8), "adaptive", True),  # an explicit mode is kept
     ({"harden.mode": "oe", "harden.guard": "off"}, (1, 8, 8), "oe", False),
 ])
