@@ -159,13 +159,17 @@ class HardenSettings:
     ood_score: str = option("auto", "OOD score for the acceptance threshold and the ONNX export: auto (not_reject "
                                     "with a reject class, max_softmax for oe), max_softmax, max_logit, negative_energy, "
                                     "not_reject")
-    guard: Literal["auto", "pixels", "off"] = option(
+    guard: Literal["auto", "class_pixels", "pixels", "off"] = option(
         "auto", "data guard around the hardened model (ccc_ray/classifiers/guard.py): its answer fades into reject "
-                "with the pixel distance to the nearest training image, so no image far from the data reaches the "
-                "confidence bar; the model file and its ONNX export then CONTAIN THE TRAINING IMAGES. auto: on where "
-                "the far rule measures pixels (far.auto_pixel_limit), off above; pixels: on; off: none")
+                "with pixel distance from the training images, so no image far from the data reaches the confidence "
+                "bar; the model file and its ONNX export then CONTAIN THE TRAINING IMAGES. class_pixels: confidence "
+                "in class k fades with the distance to the nearest training image OF CLASS k (an image near real "
+                "9s only cannot be a confident 3); pixels: with the distance to the nearest training image of any "
+                "class; auto: class_pixels where the far rule measures pixels (far.auto_pixel_limit), off above; "
+                "off: none")
     guard_edge_percentile: float = option(90.0, "guard: from this percentile of the training images' own nearest-"
-                                                "neighbour distances on, confidence stays <= guard_cap", gt=0, lt=100)
+                                                "neighbour distances on (class_pixels: nearest of the same class), "
+                                                "confidence stays <= guard_cap", gt=0, lt=100)
     guard_reject_percentile: float = option(99.9, "guard: at this percentile of those distances the answer is half "
                                                   "reject; beyond it, reject", gt=0, le=100)
     guard_cap: float = option(0.98, "guard: the highest confidence at the edge distance and beyond; it guarantees "

@@ -20,7 +20,7 @@ from ccc_ray.classifiers.build import (
     build_classifier,
     check_classifier_fits,
 )
-from ccc_ray.classifiers.guard import DataGuard
+from ccc_ray.classifiers.guard import DataGuard, empty_guard
 from ccc_ray.classifiers.preprocessing import user_model
 from ccc_ray.config import config_from_dict
 from ccc_ray.errors import CccError
@@ -39,7 +39,7 @@ class ClassifierInfo:
     data_name: str
     sha256: str
     reject_class: bool = False  # one more output after the K classes: "none of these" (hardened models)
-    guard: dict | None = None  # a DataGuard around the model (classifiers/guard.py): its fitted distances
+    guard: dict | None = None  # a data guard around the model (classifiers/guard.py): its kind and fitted distances
 
     @property
     def num_classes(self) -> int:
@@ -151,7 +151,7 @@ def classifier_from_bytes(raw: bytes, path: str, image_shape: tuple[int, int, in
     model = build_classifier(config, shape, len(names) + int(reject))
     guard = meta.get("guard")
     if guard is not None:  # the saved guard's buffers (training images, distances) load with the weights
-        model = DataGuard.empty(model, int(guard["reference_images"]), int(guard["values_per_image"]), reject)
+        model = empty_guard(model, guard, reject)
     load_weights_into(model, state, str(path))
     model.eval()
     info = ClassifierInfo(config, shape, names, meta.get("data_name", "?"), fingerprint(model), reject, guard)

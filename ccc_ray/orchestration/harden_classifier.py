@@ -32,7 +32,7 @@ import torch
 from ray.data.extensions import ArrowTensorArray
 from torch.utils.data import DataLoader, TensorDataset
 
-from ccc_ray.classifiers.guard import DataGuard
+from ccc_ray.classifiers.guard import ClassDataGuard, DataGuard
 from ccc_ray.classifiers.training import accuracy, random_shift
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, save_classifier
 from ccc_ray.classifiers.widen import widen_classifier
@@ -262,19 +262,31 @@ def with_concrete_mode(job: JobConfig, image_shape: tuple[int, int, int]) -> Job
     return dataclasses.replace(job, harden=dataclasses.replace(job.harden, mode=mode))
 
 
+def guard_kind(job: JobConfig, image_shape: tuple[int, int, int]) -> str | None:
+    """The data guard `harden.guard` puts around the hardened model for images of `image_shape` (a kind of
+    `ccc_ray/classifiers/guard.py`), or None: `auto` is the class-aware guard where the far rule measures
+    pixels, no guard above that."""
+    guard = job.harden.guard
+    if guard == "auto":
+        return ClassDataGuard.kind if job.far.chosen_space(image_shape) == PIXELS else None
+    return None if guard == "off" else guard
+
+
 def guard_applies(job: JobConfig, image_shape: tuple[int, int, int]) -> bool:
     """Whether `harden.guard` puts a data guard around the hardened model for images of `image_shape`."""
-    guard = job.harden.guard
-    return guard == "pixels" or (guard == "auto" and job.far.chosen_space(image_shape) == PIXELS)
+    return guard_kind(job, image_shape) is not None
 
 
 def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
     """The hardened model behind the data guard (`harden.guard`), fitted on the run's training images."""
     cfg = job.harden
-    if not guard_applies(job, dataset.image_shape):
-        return model
-    return DataGuard.fit(model, dataset.train_images, cfg.guard_edge_percentile, cfg.guard_reject_percentile,
-                         cfg.guard_cap, reject_class=cfg.mode != "oe")
+    kind = guard_kind(job, dataset.image_shape)
+    fitting = (cfg.guard_edge_percentile, cfg.guard_reject_percentile, cfg.guard_cap, cfg.mode != "oe")
+    if kind == DataGuard.kind:
+        return DataGuard.fit(model, dataset.train_images, *fitting)
+    if kind == ClassDataGuard.kind:
+        return ClassDataGuard.fit(model, dataset.train_images, dataset.train_labels, *fitting)
+    return model
 
 
 def _training_parts(files, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,

@@ -2,16 +2,20 @@
 
 import pytest
 
+from ccc_ray.classifiers.build import ClassifierConfig, build_classifier
+from ccc_ray.classifiers.guard import ClassDataGuard, DataGuard
+from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.errors import CccError
 from ccc_ray.job import load_job
-from ccc_ray.orchestration.harden_classifier import guard_applies, hardening_parts, with_concrete_mode
+from ccc_ray.orchestration.harden_classifier import guard_applies, guarded, hardening_parts, with_concrete_mode
 
 
 @pytest.mark.parametrize("overrides, shape, mode, guarded", [
-    ({}, (1, 8, 8), "reject", True),  # digits: pixel space, the guard applies
+    ({}, (1, 8, 8), "reject", True),  # digits: pixel space, the (class-aware) guard applies
     ({}, (3, 32, 32), "adaptive", False),  # 3,072 values: above far.auto_pixel_limit, no guard
     ({"harden.guard": "off"}, (1, 8, 8), "adaptive", False),
     ({"harden.guard": "pixels"}, (3, 32, 32), "reject", True),
+    ({"harden.guard": "class_pixels"}, (3, 32, 32), "reject", True),
     ({"harden.mode": "adaptive"}, (1, 8, 8), "adaptive", True),  # an explicit mode is kept
     ({"harden.mode": "oe", "harden.guard": "off"}, (1, 8, 8), "oe", False),
 ])
@@ -32,3 +36,11 @@ def test_the_pool_window_is_a_memory_budget_unless_set():
     assert harden.pool_window((1, 8, 8)) == 256 * 2**20 // 64  # reject's whole pool fits for digits
     assert harden.pool_window((3, 224, 224)) == 256 * 2**20 // (3 * 224 * 224)
     assert load_job(None, {"harden.pool_rows_per_worker": 100}).harden.pool_window((1, 8, 8)) == 100
+
+
+@pytest.mark.parametrize("setting, kind", [("auto", ClassDataGuard), ("pixels", DataGuard), ("off", None)])
+def test_the_hardened_model_gets_the_guard_the_option_names(digits, setting, kind):
+    job = with_concrete_mode(load_job(None, {"harden.guard": setting}), digits.image_shape)
+    model = widen_classifier(build_classifier(ClassifierConfig(), digits.image_shape, 10), digits.image_shape)
+    wrapped = guarded(job, model.eval(), digits)
+    assert type(wrapped) is kind if kind else wrapped is model
