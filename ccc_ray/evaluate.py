@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ccc_ray.classifiers.training import predict_logits
+from ccc_ray.counterfeits.judge import judged_success
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.ood.metrics import acceptance_threshold, ood_metrics
 from ccc_ray.ood.scores import ood_score
@@ -91,16 +92,17 @@ class AttackJudgement:
     confident: torch.Tensor  # kept by the keep rule: confident on its target, on the stored image
     accepted: torch.Tensor  # the OOD score accepts it (score >= the threshold)
     far: torch.Tensor  # far from the data by the fitted far rule (all True without one)
+    wrong: torch.Tensor  # near the data and named another class than the target by a judge (judge.py)
 
     @staticmethod
     def concatenate(parts: list["AttackJudgement"]) -> "AttackJudgement":
         return AttackJudgement(*(torch.cat([getattr(part, name) for part in parts]).bool()
-                                 for name in ("confident", "accepted", "far")))
+                                 for name in ("confident", "accepted", "far", "wrong")))
 
 
 def judge_attack(classifier, reject_class: bool, images: torch.Tensor, targets: torch.Tensor, score: str,
                  ood_threshold: float, confidence_bar: float, device: torch.device | str = "cpu",
-                 far=None) -> AttackJudgement:
+                 far=None, judges=()) -> AttackJudgement:
     """The verdicts on each attack sample (float32 N x C x H x W in [0, 1], targets int64 N); see
     `attack_success_rate`. Per sample, so a sample can be judged in batches anywhere."""
     scored = score_as_stored(images, targets, classifier, confidence_bar, device)
@@ -108,7 +110,10 @@ def judge_attack(classifier, reject_class: bool, images: torch.Tensor, targets: 
         score = "max_softmax"
     accepted = ood_score(score, scored.logits, reject_class) >= ood_threshold
     is_far = far.is_far(scored.stored) if far is not None else torch.ones_like(scored.kept)
-    return AttackJudgement(scored.kept, accepted, is_far)
+    wrong = torch.zeros_like(scored.kept)
+    for judge in judges:
+        wrong |= judged_success(scored.kept & accepted, is_far, judge, scored.stored, targets.cpu())[1]
+    return AttackJudgement(scored.kept, accepted, is_far, wrong)
 
 
 def attack_chunk_seed(seed: int, chunk: int) -> int:
@@ -119,31 +124,36 @@ def attack_chunk_seed(seed: int, chunk: int) -> int:
 
 def judge_attack_chunk(method, classifier, dataset, per_class: int, chunk: int, start: int, stop: int, *,
                        seed: int, reject_class: bool, score: str, ood_threshold: float, confidence_bar: float,
-                       device: torch.device | str = "cpu", far=None) -> AttackJudgement:
+                       device: torch.device | str = "cpu", far=None, judges=()) -> AttackJudgement:
     """Sample rows [start, stop) of a re-attack's plan (targets class-major, `per_class` each, as `generate`'s
     `sample_plan`) from a trained method's generator, and judge them (`judge_attack`)."""
     targets = torch.arange(dataset.num_classes).repeat_interleave(per_class)[start:stop]
     images = method.sample_with_lineage(targets, attack_chunk_seed(seed, chunk), dataset).images
-    return judge_attack(classifier, reject_class, images, targets, score, ood_threshold, confidence_bar, device, far)
+    return judge_attack(classifier, reject_class, images, targets, score, ood_threshold, confidence_bar, device, far,
+                        judges)
 
 
 def attack_shares(judgement: AttackJudgement, far_rule: bool) -> dict[str, float]:
     """report.json's re-attack figures from the verdicts on every sample (`attack_success_rate`)."""
     confident, accepted, is_far = judgement.confident, judgement.accepted, judgement.far
     fooled = confident & accepted
-    success = fooled & is_far
+    success = fooled & (is_far | judgement.wrong)
     return {"confident_share": float(confident.double().mean()), "accepted_share": float(accepted.double().mean()),
             "confident_and_accepted_share": float(fooled.double().mean()),
             "near_share": float((fooled & ~is_far).sum() / fooled.sum()) if fooled.any() else 0.0,
+            "confirmed_share": float((fooled & ~success).sum() / fooled.sum()) if fooled.any() else 0.0,
+            "far_success_rate": float((fooled & is_far).double().mean()),
             "success_rate": float(success.double().mean()), "far_rule": far_rule, "samples": int(len(confident))}
 
 
 def attack_success_rate(classifier, reject_class: bool, images: torch.Tensor, targets: torch.Tensor,
                         score: str, ood_threshold: float, confidence_bar: float,
-                        device: torch.device | str = "cpu", far=None) -> dict[str, float]:
+                        device: torch.device | str = "cpu", far=None, judges=()) -> dict[str, float]:
     """Share of attack samples that fool the classifier: kept by the keep rule (confident on their target,
     on the stored image), accepted by the OOD detector (score >= `ood_threshold`) and, given the fitted far
-    rule `far` (`counterfeits/far.py`), far from the data, as the scorecard counts; `near_share` is the
-    share of the confident and accepted samples that were near (not counted)."""
+    rule `far` (`counterfeits/far.py`), not of the target as the scorecard counts: far from the data, or near
+    it and named another class by one of `judges` (`counterfeits/judge.py`); `near_share` is the share of the
+    confident and accepted samples that were near, `confirmed_share` of those the judges name the target (not
+    counted)."""
     return attack_shares(judge_attack(classifier, reject_class, images, targets, score, ood_threshold,
-                                      confidence_bar, device, far), far is not None)
+                                      confidence_bar, device, far, judges), far is not None)

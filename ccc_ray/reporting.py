@@ -129,8 +129,9 @@ def render_report_md(report: dict) -> str:
                       "pool and repeat it."]
     lines += ["", "Re-attack success: share of a fresh generator's samples against that round's model that reach "
               f"confidence >= {report.get('confidence_bar', 0.99)} (the keep rule's bar) on their target on the "
-              "stored image, pass the OOD score's 95%-TPR acceptance threshold and lie far from the data (the far "
-              "rule; the scorecard's definition of a success).", ""]
+              "stored image, pass the OOD score's 95%-TPR acceptance threshold and are not of their target: far "
+              "from the data (the far rule), or near it and named another class by a judge (the scorecard's "
+              "definition of a success).", ""]
     for row in rounds:
         lines += [f"## Round {row['round']} (`{row['score']}`, threshold {row['threshold95']:.4g})", "",
                   "| OOD set | score | AUROC | AUPR-in | AUPR-out | FPR95 |", "|---|---|---|---|---|---|"]
@@ -143,8 +144,11 @@ def render_report_md(report: dict) -> str:
                       f"out. Re-attack: {attack['samples']} samples, {_pct(attack['confident_share'])} confident, "
                       f"{_pct(attack['accepted_share'])} accepted, "
                       f"{_pct(attack.get('confident_and_accepted_share', attack['success_rate']))} both, "
-                      f"{_pct(attack['success_rate'])} both and far (near share "
-                      f"{_pct(attack.get('near_share', 0.0))}).", ""]
+                      f"{_pct(attack['success_rate'])} both and not of the target (far "
+                      f"{_pct(attack.get('far_success_rate', attack['success_rate']))}; near share "
+                      f"{_pct(attack.get('near_share', 0.0))}, of which the judges confirm the target "
+                      f"{_pct(attack.get('confirmed_share', attack.get('near_share', 0.0)))} of the fooling "
+                      "samples).", ""]
     carded = [row for row in rounds if row.get("scorecard")]
     if carded:
         families = list(carded[0]["scorecard"])

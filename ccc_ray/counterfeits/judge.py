@@ -237,10 +237,13 @@ def fit_judges(settings: JudgeSettings, dataset) -> list[Judge]:
     return judges
 
 
-def verdicts(judge: Judge, images: torch.Tensor, targets: torch.Tensor, is_far: torch.Tensor) -> list[str]:
-    """Per sample: FAR (the far rule), else WRONG or CONFIRMED by the judge's class against the target."""
-    if not len(targets):
-        return []
-    named = judge.classify(images).cpu()
-    return [FAR if far else (CONFIRMED if int(c) == int(t) else WRONG)
-            for far, c, t in zip(is_far.tolist(), named, targets.cpu())]
+def judged_success(fooled: torch.Tensor, is_far: torch.Tensor, judge: Judge, stored: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(success, wrong), bool N each, under `judge`: a sample that `fooled` the model is a success when far
+    (`is_far`), or near and named another class than its target (`wrong`); only near fooling samples are
+    shown to the judge. `stored`: the images as stored (uint8 N x C x H x W), `targets` int64 N."""
+    wrong = torch.zeros_like(fooled)
+    near_fooled = fooled & ~is_far
+    if bool(near_fooled.any()):
+        wrong[near_fooled] = judge.classify(stored[near_fooled]).cpu() != targets[near_fooled]
+    return fooled & (is_far | wrong), wrong

@@ -42,7 +42,7 @@ from ccc_ray.classifiers.training import predict_logits
 from ccc_ray.config import option
 from ccc_ray.counterfeits.deployed_decision import DeployedDecision
 from ccc_ray.counterfeits.far import FarFromData
-from ccc_ray.counterfeits.judge import CONFIRMED, FAR, WRONG, Judge
+from ccc_ray.counterfeits.judge import CONFIRMED, FAR, WRONG, Judge, judged_success
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import quantize
 from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, plan_runs, search_run
@@ -289,16 +289,6 @@ class FamilyScore:
         return {**dataclasses.asdict(self), "success_rate": self.success_rate,
                 "confirmed_share": self.confirmed_share, "evaluations_per_success": self.evaluations_per_success,
                 "seconds_per_success": self.seconds_per_success}
-
-
-def judged_success(fooled: torch.Tensor, is_far: torch.Tensor, judge: Judge, stored: torch.Tensor,
-                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(success, wrong) per sample under `judge`: fooled and (far, or near and named another class)."""
-    wrong = torch.zeros_like(fooled)
-    near_fooled = fooled & ~is_far
-    if bool(near_fooled.any()):
-        wrong[near_fooled] = judge.classify(stored[near_fooled]).cpu() != targets[near_fooled]
-    return fooled & (is_far | wrong), wrong
 
 
 def judge_family(attack: FamilyAttack, classifier_fn, decision: DeployedThreshold, far: FarFromData,

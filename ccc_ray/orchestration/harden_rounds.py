@@ -24,6 +24,7 @@ from sklearn.metrics import roc_curve
 from ccc_ray.classifiers.inference import default_device
 from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.counterfeits.far import fit_far_rule
+from ccc_ray.counterfeits.judge import fit_judges
 from ccc_ray.data.real_ood import REAL_OOD_SETS
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
@@ -106,14 +107,15 @@ def run_hardening(job: JobConfig, progress=print) -> dict:
                        "generator is needed for the re-attack figures (run `ccc-ray train-generator`)")
     run_dir = ensure_writable_dir(job.run.run_dir, "run.output_dir")
     device = default_device()
-    far = fit_far_rule(job.far, dataset, baseline_path)  # a re-attack success must be far, as on the scorecard
+    far = fit_far_rule(job.far, dataset, baseline_path)  # a re-attack success is judged as on the scorecard:
+    judges = fit_judges(job.judge, dataset)  # far, or near and named another class by a judge
 
     def evaluate(model, model_path: Path, reject: bool, scan: PoolScan) -> Evaluation:
         return evaluate_on_pool(job, dataset, model, model_path, reject, scan, device)
 
     def reattack(attacker: JobConfig, model, model_path: Path, reject: bool, evaluation: Evaluation) -> dict:
         return reattack_success(attacker, attacker.run.generator_file(job.generate.method), model_path, model,
-                                reject, evaluation.primary_score, evaluation.ood_threshold, far, device)
+                                reject, evaluation.primary_score, evaluation.ood_threshold, far, device, judges)
 
     # The baseline's scorecard first: its families join the pool, and the baseline is judged on the same
     # held-out rows (per family) as round 1.

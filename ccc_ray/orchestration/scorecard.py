@@ -19,7 +19,7 @@ import ray
 import torch
 
 from ccc_ray.counterfeits.far import FarFromData, fit_far_rule
-from ccc_ray.counterfeits.judge import Judge, fit_judges
+from ccc_ray.counterfeits.judge import Judge, fit_judges, judged_success
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import dequantize, nearest_distances
 from ccc_ray.counterfeits.scorecard import (
@@ -30,7 +30,6 @@ from ccc_ray.counterfeits.scorecard import (
     deployed_threshold,
     family_config,
     judge_family,
-    judged_success,
     scorecard_families,
     summary_line,
 )
