@@ -269,10 +269,11 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
                 confidence[keep].numpy(), near.numpy(), (result.run.repetition * k + targets[keep]).numpy(),
                 run_id=run_id, method=method, classifier_sha256=target.sha256, seed=result.run.seed))
         if not writer.rows:  # raising inside the writer's block aborts it: no empty store file
+            budget = METHODS[method].budget_field if method in METHODS else None
             raise CccError(f"attack: none of {len(results)} {method} run(s) reached confidence {confidence_bar} on "
                            f"any class{f' far from the data ({near_dropped} confident ones were near)' if far else ''}"
-                           f"; give the search more budget (--{method}.max_generations for evolution, "
-                           f"--{method}.steps for gradient ascent) or lower --keep.confidence_bar")
+                           f"; give the search more budget{f' (--{method}.{budget})' if budget else ''} or lower "
+                           "--keep.confidence_bar")
     near = torch.cat(distances)
     return AttackReport(
         method=method, store_file=str(writer.path), runs=len(results), kept=writer.rows,

@@ -93,7 +93,7 @@ def run_attack(job: JobConfig, progress=print) -> AttackReport:
     use_gpu = resolve_use_gpu(job.run)
     count = actor_count(cfg, len(runs), use_gpu)
     target_ref = ray.put(target)  # the model's bytes, once in the object store for every actor
-    real_ref = ray.put(real if method.uses_sources else None)  # the held-out split, once, where the method starts from it
+    real_ref = ray.put(real if method.uses_sources else None)  # once, for the methods that start from it
     workers = [SearchActor.options(num_cpus=cfg.cpus_per_task, num_gpus=1 if use_gpu else 0).remote(
         target_ref, method, job.method_config(cfg.method), job.keep.confidence_bar, dataset.image_shape,
         "cuda" if use_gpu else "cpu", max(1, int(cfg.cpus_per_task)), real_ref) for _ in range(count)]
