@@ -45,7 +45,7 @@ from ccc_ray.counterfeits.far import FarFromData
 from ccc_ray.counterfeits.judge import CONFIRMED, FAR, WRONG, Judge, judged_success
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import quantize
-from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, plan_runs, search_run
+from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, held_out, plan_runs, search_run
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
 from ccc_ray.methods import (METHODS, MethodContext, SearchMethod, TrainedMethod, TrainingSchedule, method_class,
@@ -226,7 +226,8 @@ def attack_family(method_cls, config, classifier_fn, decision: DeployedThreshold
     start = time.perf_counter()
     if issubclass(method_cls, SearchMethod):
         width = k + int(decision.reject_class) + 1  # the objective's outputs: the model's, then "not accepted"
-        method = build_search(method_cls, config, objective, width, dataset.image_shape, confidence_bar, device)
+        method = build_search(method_cls, config, objective, width, dataset.image_shape, confidence_bar, device,
+                              held_out(dataset))
         results = [search_run(method, run) for run in plan_runs(list(range(k)), per_class, 1, seed)]
         images = torch.cat([torch.from_numpy(result.images).permute(0, 3, 1, 2) for result in results])
         targets = torch.cat([torch.tensor(result.run.classes, dtype=torch.int64) for result in results])

@@ -2,7 +2,8 @@
 that need no Ray.
 
 Any registered method of kind "search" serves (MAP-Elites with a direct or CPPN encoding: black box, so
-the classifier may be a torch module or an ONNX model; gradient ascent: white box, torch only). An attack
+the classifier may be a torch module or an ONNX model; gradient ascent: white box, torch only; PGD and
+Square Attack from real held-out images of another class, white and black box). An attack
 is split into independent *runs* (`AttackRun`): one `method.search` call with its own seed, serving a
 group of target classes and giving one counterfeit per class. Runs are what Ray spreads over its actors
 (`ccc_ray.orchestration.search_actors`); each is reproducible on its own, so the counterfeits do not
@@ -169,11 +170,22 @@ class RunResult:
 
 
 def build_search(method_class: type[SearchMethod], config, classifier_fn: ClassifierFn, num_outputs: int,
-                 image_shape: tuple[int, int, int], confidence_bar: float,
-                 device: torch.device | str = "cpu") -> SearchMethod:
-    """The search method against the classifier as the store sees it (uint8), over all `num_outputs` niches."""
-    context = MethodContext(image_shape, num_outputs, StoredImageClassifier(classifier_fn), device, confidence_bar)
+                 image_shape: tuple[int, int, int], confidence_bar: float, device: torch.device | str = "cpu",
+                 real: tuple[torch.Tensor, torch.Tensor] | None = None) -> SearchMethod:
+    """The search method against the classifier as the store sees it (uint8), over all `num_outputs` niches.
+
+    `real`: the run's held-out split (images float32 N x C x H x W in [0, 1], labels int64 N), for the
+    searches that start from real images of another class (`RealImageSearch`); the others ignore it.
+    """
+    images, labels = real if real is not None else (None, None)
+    context = MethodContext(image_shape, num_outputs, StoredImageClassifier(classifier_fn), device, confidence_bar,
+                            images, labels)
     return method_class(config, context)
+
+
+def held_out(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split searches from real images start from: the test split, never the training images."""
+    return dataset.test_images, dataset.test_labels
 
 
 def search_run(method: SearchMethod, run: AttackRun) -> RunResult:
@@ -257,10 +269,11 @@ def write_counterfeits(results: list[RunResult], classifier_fn: ClassifierFn, ta
                 confidence[keep].numpy(), near.numpy(), (result.run.repetition * k + targets[keep]).numpy(),
                 run_id=run_id, method=method, classifier_sha256=target.sha256, seed=result.run.seed))
         if not writer.rows:  # raising inside the writer's block aborts it: no empty store file
+            budget = METHODS[method].budget_field if method in METHODS else None
             raise CccError(f"attack: none of {len(results)} {method} run(s) reached confidence {confidence_bar} on "
                            f"any class{f' far from the data ({near_dropped} confident ones were near)' if far else ''}"
-                           f"; give the search more budget (--{method}.max_generations for evolution, "
-                           f"--{method}.steps for gradient ascent) or lower --keep.confidence_bar")
+                           f"; give the search more budget{f' (--{method}.{budget})' if budget else ''} or lower "
+                           "--keep.confidence_bar")
     near = torch.cat(distances)
     return AttackReport(
         method=method, store_file=str(writer.path), runs=len(results), kept=writer.rows,

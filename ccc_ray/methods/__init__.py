@@ -12,6 +12,7 @@ from ccc_ray.methods.base import (
     CounterfeitMethod,
     MethodContext,
     MethodInfo,
+    RealImageSearch,
     Sampled,
     SearchMethod,
     SearchResult,
@@ -24,6 +25,8 @@ from ccc_ray.methods.cppn import CppnEvolution
 from ccc_ray.methods.direct_encoding import DirectEncodingEvolution
 from ccc_ray.methods.gradient_ascent import GradientAscent
 from ccc_ray.methods.inversion import NetworkInversion
+from ccc_ray.methods.real_pgd import RealPgd
+from ccc_ray.methods.real_square import RealSquare
 from ccc_ray.methods.substrate_gan import SubstrateGan
 
 METHODS: dict[str, type[CounterfeitMethod]] = {}
@@ -67,7 +70,9 @@ register_method(CppnEvolution)
 register_method(GradientAscent)
 register_method(CounterfactualGAN)
 register_method(SubstrateGan)
+register_method(RealPgd)
+register_method(RealSquare)
 
-__all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "Sampled",
+__all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "RealImageSearch", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
            "register_method", "step_generator"]

@@ -47,6 +47,10 @@ class MethodContext:
     classifier: ClassifierFn | None = None  # the classifier under attack; None where only sampling is needed
     device: torch.device | str = "cpu"
     confidence_bar: float = 0.99  # searches stop once a target's confidence on the stored image reaches it
+    # The run's held-out split, for searches that start from real images of another class (`RealImageSearch`):
+    # float32 N x C x H x W in [0, 1] and their int64 N labels; None where no method needs them.
+    real_images: torch.Tensor | None = field(default=None, compare=False)
+    real_labels: torch.Tensor | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -161,6 +165,84 @@ class SearchMethod(CounterfeitMethod):
 
     def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
         return self.search(targets, seed).images
+
+
+class RealImageSearch(SearchMethod):
+    """A search that perturbs real held-out images of another class toward each target: near-but-wrong
+    counterfeits (the attacked model says the target, a person still sees the source's class).
+
+    The sources come from `context.real_images` / `real_labels` (the run's test split): for each target,
+    `seed` picks a class other than the target uniformly among the classes present, then one image of that
+    class uniformly (`pick_real_sources`). `uses_sources` holds: every sample starts from a real image, and
+    `sample_with_lineage(targets, seed, dataset)` stores its id ("test:<row>"), picked by the same rule.
+    Subclasses implement `search_from(sources, targets, seed)`.
+    """
+
+    uses_sources = True
+
+    def __init__(self, config, context: MethodContext):
+        super().__init__(config, context)
+        images, labels = context.real_images, context.real_labels
+        if images is None or labels is None:
+            raise CccError(f"{self.name} starts from real images of another class than the target and was given "
+                           "none: build it with the run's held-out split (MethodContext.real_images and "
+                           "real_labels; build_search(..., real=(test_images, test_labels)))")
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape \
+                or images.dtype != torch.float32:
+            raise CccError(f"{self.name}: real images must be float32 N x {' x '.join(map(str, self.image_shape))}, "
+                           f"got {getattr(images, 'dtype', type(images).__name__)} "
+                           f"{tuple(getattr(images, 'shape', ()))}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or len(labels) != len(images) \
+                or labels.is_floating_point():
+            raise CccError(f"{self.name}: real labels must be int64 of shape N={len(images)}, got "
+                           f"{tuple(getattr(labels, 'shape', ()))}")
+        self.real_images, self.real_labels = images, labels.long()
+
+    @staticmethod
+    def stored_box(sources: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low, high), each N x C x H x W: the L-inf ball of radius `epsilon` around `sources`, within [0, 1],
+        shrunk to the uint8 levels it holds, so that the stored image (quantized) stays inside the ball too.
+        Needs `epsilon` >= 1/255 so that every pixel's interval holds a level."""
+        # The 1e-4 absorbs float error in v * 255 at values that are already levels (k / 255).
+        low = torch.ceil((sources - epsilon).clamp(0, 1) * 255 - 1e-4) / 255
+        high = torch.floor((sources + epsilon).clamp(0, 1) * 255 + 1e-4) / 255
+        return low, high
+
+    def search_from(self, sources: torch.Tensor, targets: torch.Tensor, seed: int) -> SearchResult:
+        """Perturb `sources` (N x C x H x W in [0, 1], one per target) toward `targets`."""
+        raise NotImplementedError
+
+    def search(self, targets: torch.Tensor, seed: int) -> SearchResult:
+        """One counterfeit per target, from a real image of another class picked with `seed`."""
+        targets = self.check_targets(targets)
+        rows = pick_real_sources(self.real_labels, targets, seed, self.name)
+        return self.search_from(self.real_images[rows], targets, seed)
+
+    def sample(self, targets: torch.Tensor, seed: int, sources: torch.Tensor | None = None) -> torch.Tensor:
+        if sources is None:
+            return self.search(targets, seed).images
+        return self.search_from(sources, self.check_targets(targets), seed).images
+
+    def source_images(self, dataset, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]]:
+        rows = pick_real_sources(dataset.test_labels, self.check_targets(targets), seed, self.name)
+        return dataset.test_images[rows], [f"test:{row}" for row in rows.tolist()]
+
+
+def pick_real_sources(labels: torch.Tensor, targets: torch.Tensor, seed: int, who: str = "method") -> torch.Tensor:
+    """Row indices into `labels` (int64 N), one per target: a class other than the target drawn uniformly
+    among the classes present, then a row of that class drawn uniformly; the same seed, the same rows."""
+    labels = labels.cpu()
+    generator = torch.Generator().manual_seed(int(seed))
+    classes = torch.unique(labels)
+    by_class = {int(c): torch.nonzero(labels == c).flatten() for c in classes}
+    rows = []
+    for target in targets.tolist():
+        others = classes[classes != target]
+        if len(others) == 0:
+            raise CccError(f"{who}: the real images hold no class other than the target {target} to start from")
+        members = by_class[int(others[torch.randint(len(others), (1,), generator=generator)])]
+        rows.append(int(members[torch.randint(len(members), (1,), generator=generator)]))
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device | str) -> torch.Generator:

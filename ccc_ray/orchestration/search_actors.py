@@ -24,6 +24,7 @@ from ccc_ray.counterfeits.search import (
     build_search,
     check_targets_in_range,
     classifier_from_target,
+    held_out,
     load_target,
     plan_runs,
     search_run,
@@ -48,13 +49,13 @@ class SearchActor:
     """One Ray actor: the classifier, loaded once from the object store, and the method's searches against it."""
 
     def __init__(self, target: AttackTarget, method: type[SearchMethod], config, confidence_bar: float,
-                 image_shape: tuple[int, int, int], device: str, threads: int):
+                 image_shape: tuple[int, int, int], device: str, threads: int, real):
         import torch
 
         torch.set_num_threads(threads)  # the actor's share of the node: its reserved CPUs
         classifier_fn = classifier_from_target(target, device, threads)
         self.method = build_search(method, config, classifier_fn, target.num_outputs, image_shape, confidence_bar,
-                                   device)
+                                   device, real)
 
     def run(self, run: AttackRun) -> RunResult:
         return search_run(self.method, run)
@@ -78,8 +79,9 @@ def run_attack(job: JobConfig, progress=print) -> AttackReport:
     method = method_class(cfg.method, "attack.method", kinds=("search",))
     dataset = load_dataset(job.data)
     target, classifier_fn = load_target(job.run.classifier_file, cfg.onnx_path, dataset, cfg.method)
+    real = held_out(dataset)  # the real images that searches from real images start from
     build_search(method, job.method_config(cfg.method), classifier_fn, target.num_outputs, dataset.image_shape,
-                 job.keep.confidence_bar)  # a method that cannot search this classifier fails here, before Ray
+                 job.keep.confidence_bar, real=real)  # a method that cannot search this classifier fails here
     targets = check_targets_in_range(cfg.targets, dataset.num_classes)
     far = fit_far_rule(job.far, dataset, job.run.classifier_file, classifier_fn) if job.far.gate_store else None
     runs = plan_runs(targets, cfg.per_class, cfg.class_groups, cfg.seed)
@@ -91,9 +93,10 @@ def run_attack(job: JobConfig, progress=print) -> AttackReport:
     use_gpu = resolve_use_gpu(job.run)
     count = actor_count(cfg, len(runs), use_gpu)
     target_ref = ray.put(target)  # the model's bytes, once in the object store for every actor
+    real_ref = ray.put(real if method.uses_sources else None)  # once, for the methods that start from it
     workers = [SearchActor.options(num_cpus=cfg.cpus_per_task, num_gpus=1 if use_gpu else 0).remote(
         target_ref, method, job.method_config(cfg.method), job.keep.confidence_bar, dataset.image_shape,
-        "cuda" if use_gpu else "cpu", max(1, int(cfg.cpus_per_task))) for _ in range(count)]
+        "cuda" if use_gpu else "cpu", max(1, int(cfg.cpus_per_task)), real_ref) for _ in range(count)]
     progress(f"[attack] {cfg.method}: {len(runs)} run(s) for classes {targets} on {count} actor(s) "
              f"against {target.kind} model {target.path}")
     pending = [workers[run.index % count].run.remote(run) for run in runs]

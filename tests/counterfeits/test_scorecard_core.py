@@ -25,12 +25,15 @@ from ccc_ray.methods import METHODS
 from ccc_ray.methods.cppn import CppnConfig
 from ccc_ray.methods.gradient_ascent import GradientAscentConfig
 from ccc_ray.methods.inversion import InversionConfig
+from ccc_ray.methods.real_pgd import RealPgdConfig
+from ccc_ray.methods.real_square import RealSquareConfig
 from ccc_ray.ood.scores import ood_score
 
 torch.set_num_threads(1)
 
 TINY = ScorecardSettings(per_class=1, generator_steps=3, generations=2)
-CONFIGS = {"inversion": InversionConfig(batch_size=20), "gradient_ascent": GradientAscentConfig(steps=5)}
+CONFIGS = {"inversion": InversionConfig(batch_size=20), "gradient_ascent": GradientAscentConfig(steps=5),
+           "real_pgd": RealPgdConfig(restarts=1, steps=10), "real_square": RealSquareConfig(queries=50)}
 
 
 @pytest.fixture(scope="module")

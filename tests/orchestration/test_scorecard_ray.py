@@ -21,7 +21,8 @@ def test_white_and_black_box_scorecards_write_json_markdown_and_chart(ray_cluste
     onnx_path = tmp_path / "classifier.onnx"
     export_onnx(model, onnx_path, list(info.class_names), info.image_shape, "max_softmax", 0.5)
     budget = ["--scorecard.per_class", "1", "--scorecard.generator_steps", "3", "--scorecard.generations", "2",
-              "--inversion.batch_size", "20", "--gradient_ascent.steps", "5", "--keep.confidence_bar", "0.9"]
+              "--inversion.batch_size", "20", "--gradient_ascent.steps", "5", "--real_pgd.restarts", "1",
+              "--real_square.queries", "100", "--keep.confidence_bar", "0.9"]
     assert cli.main(["scorecard", str(digits_classifier_file), "--run.output_dir", str(tmp_path / "white"),
                      *budget]) == 0
     card = json.loads((tmp_path / "white" / "default" / "scorecard.json").read_text())
@@ -40,7 +41,7 @@ def test_white_and_black_box_scorecards_write_json_markdown_and_chart(ray_cluste
 
     assert cli.main(["scorecard", str(onnx_path), "--run.output_dir", str(tmp_path / "black"), *budget]) == 0
     card = json.loads((tmp_path / "black" / "default" / "scorecard.json").read_text())
-    assert [row["family"] for row in card["families"]] == ["direct_encoding", "cppn"]  # black box only
+    assert [row["family"] for row in card["families"]] == ["direct_encoding", "cppn", "real_square"]  # black box only
     assert card["ood"] == {**card["ood"], "score": "max_softmax", "ood_threshold": 0.5, "source": "ONNX metadata"}
 
 
