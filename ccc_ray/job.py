@@ -172,6 +172,10 @@ class HardenSettings:
                                                 "confidence stays <= guard_cap", gt=0, lt=100)
     guard_reject_percentile: float = option(99.9, "guard: at this percentile of those distances the answer is half "
                                                   "reject; beyond it, reject", gt=0, le=100)
+    guard_confident_share: float = option(0.0, "guard: sharpen the hardened model's answers (one temperature, "
+                                               "fitted on the training images) until this share of training images "
+                                               "is answered >= keep.confidence_bar on its own class; 0 = as trained",
+                                          ge=0, lt=1)
     guard_cap: float = option(0.98, "guard: the highest confidence at the edge distance and beyond; it guarantees "
                                     "far images stay below keep.confidence_bar only when below that bar",
                               gt=0.5, lt=1)

@@ -105,6 +105,8 @@ class DataGuard(nn.Module):
         # [edge, reject, cap, slope]: one row here, one per class in ClassDataGuard
         self.register_buffer("guard_constants", torch.stack([edge, reject, torch.full_like(edge, cap), slope],
                                                             dim=-1).float())
+        # The classifier's logits are divided by it first (`sharpen`); a buffer, so the fingerprint sees it.
+        self.register_buffer("temperature", torch.tensor(1.0))
 
     @classmethod
     def empty(cls, classifier: nn.Module, count: int, values: int, reject_class: bool) -> "DataGuard":
@@ -152,11 +154,53 @@ class DataGuard(nn.Module):
         z = slope * (reject_distance - self.distances(images))
         return F.logsigmoid(z), F.logsigmoid(-z)
 
+    def sharpen(self, train_images: torch.Tensor, train_labels: torch.Tensor, confidence_bar: float,
+                confident_share: float) -> "DataGuard":
+        """Divide the classifier's logits by the largest temperature <= 1 at which `confident_share` of the
+        training images are answered >= `confidence_bar` on their own class (bisection; 1 where they already
+        are). Why: the guard caps real images beyond its edge, so a model that is confident on too few real
+        images leaves too few above the bar; sharpening is safe only behind the class-aware guard, which keeps
+        confidence in class k next to real images of class k (measured in docs/BENCHMARKS.md, issue 24).
+        Fitted on the training images, through the guard (which weighs about 1 there: each is its own
+        nearest image)."""
+        if not 0 < confident_share < 1:
+            raise CccError(f"data guard: the confident share must lie in (0, 1), got {confident_share}")
+        with torch.no_grad():
+            was_training = self.classifier.training
+            self.classifier.eval()
+            parts = [(self.classifier(train_images[i:i + CALIBRATION_CHUNK]).float(),
+                      *self.log_weight(train_images[i:i + CALIBRATION_CHUNK]))
+                     for i in range(0, len(train_images), CALIBRATION_CHUNK)]
+            self.classifier.train(was_training)
+        logits, log_g, log_not_g = (torch.cat(part) for part in zip(*parts))
+        labels = train_labels.long()[:, None]
+
+        def share(temperature: float) -> float:
+            with torch.no_grad():
+                guarded = self.guarded_logits(logits / temperature, log_g, log_not_g)
+                own = torch.softmax(guarded, dim=1).gather(1, labels)
+            return float((own >= confidence_bar).double().mean())
+
+        low, high = 0.05, 1.0
+        if share(high) < confident_share:
+            for _ in range(30):
+                middle = (low + high) / 2
+                low, high = (middle, high) if share(middle) >= confident_share else (low, middle)
+            self.temperature.fill_(low)  # the largest feasible one found (0.05 where none is)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Files saved before sharpening have no temperature: theirs is 1.
+        state_dict.setdefault(prefix + "temperature", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(images).float()
+        return self.guarded_logits(self.classifier(images).float() / self.temperature, *self.log_weight(images))
+
+    def guarded_logits(self, logits: torch.Tensor, log_g: torch.Tensor, log_not_g: torch.Tensor) -> torch.Tensor:
+        """The rule of the module docstring on the (tempered) classifier's logits and the guard's weights."""
         scale = torch.logsumexp(logits, dim=1, keepdim=True)  # kept, so max_logit still reads the model
         log_p = logits - scale
-        log_g, log_not_g = self.log_weight(images)
         classes = log_p[:, :-1] if self.reject_class else log_p
         moved = torch.logsumexp(classes + log_not_g, dim=1, keepdim=True)  # log sum_k (1 - g_k) p_k
         if self.reject_class:
@@ -168,7 +212,8 @@ class DataGuard(nn.Module):
         edge, reject, cap, slope = (float(v) for v in self.guard_constants)
         return {"kind": self.kind, "space": "pixels", "reference_images": int(self.reference.shape[0]),
                 "values_per_image": int(self.reference.shape[1]), "edge_distance": edge,
-                "reject_distance": reject, "cap": cap, "slope": slope, "reject_class": self.reject_class}
+                "reject_distance": reject, "cap": cap, "slope": slope, "reject_class": self.reject_class,
+                "temperature": float(self.temperature)}
 
 
 class ClassDataGuard(DataGuard):
@@ -226,7 +271,7 @@ class ClassDataGuard(DataGuard):
                 "values_per_image": int(self.reference.shape[1]), "classes": self.classes,
                 "edge_distance": self.edge_distance, "reject_distance": self.reject_distance, "cap": float(cap[0]),
                 "edge_distances": edge.tolist(), "reject_distances": reject.tolist(), "slopes": slope.tolist(),
-                "reject_class": self.reject_class}
+                "reject_class": self.reject_class, "temperature": float(self.temperature)}
 
 
 def images_by_class(images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -264,11 +309,13 @@ def empty_guard(classifier: nn.Module, description: dict, reject_class: bool) ->
     count, values = int(description["reference_images"]), int(description["values_per_image"])
     kind = description.get("kind", DataGuard.kind)  # files saved before the class-aware guard: pixels
     if kind == DataGuard.kind:
-        return DataGuard.empty(classifier, count, values, reject_class)
-    if kind == ClassDataGuard.kind:
-        return ClassDataGuard.empty(classifier, count, values, reject_class, int(description["classes"]))
-    raise CccError(f"data guard: unknown kind {kind!r} in the classifier file (this version knows "
-                   f"{DataGuard.kind!r} and {ClassDataGuard.kind!r})")
+        guard = DataGuard.empty(classifier, count, values, reject_class)
+    elif kind == ClassDataGuard.kind:
+        guard = ClassDataGuard.empty(classifier, count, values, reject_class, int(description["classes"]))
+    else:
+        raise CccError(f"data guard: unknown kind {kind!r} in the classifier file (this version knows "
+                       f"{DataGuard.kind!r} and {ClassDataGuard.kind!r})")
+    return guard
 
 
 def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

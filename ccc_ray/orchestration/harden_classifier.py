@@ -283,10 +283,14 @@ def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
     kind = guard_kind(job, dataset.image_shape)
     fitting = (cfg.guard_edge_percentile, cfg.guard_reject_percentile, cfg.guard_cap, cfg.mode != "oe")
     if kind == DataGuard.kind:
-        return DataGuard.fit(model, dataset.train_images, *fitting)
-    if kind == ClassDataGuard.kind:
-        return ClassDataGuard.fit(model, dataset.train_images, dataset.train_labels, *fitting)
-    return model
+        guard = DataGuard.fit(model, dataset.train_images, *fitting)
+    elif kind == ClassDataGuard.kind:
+        guard = ClassDataGuard.fit(model, dataset.train_images, dataset.train_labels, *fitting)
+    else:
+        return model
+    if cfg.guard_confident_share:
+        guard.sharpen(dataset.train_images, dataset.train_labels, job.keep.confidence_bar, cfg.guard_confident_share)
+    return guard
 
 
 def _training_parts(files, image_shape: tuple[int, int, int], eval_fraction: float, seed: int,

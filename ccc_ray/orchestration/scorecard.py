@@ -19,7 +19,7 @@ import ray
 import torch
 
 from ccc_ray.counterfeits.far import FarFromData, fit_far_rule
-from ccc_ray.counterfeits.judge import Judge, fit_judges, judged_success
+from ccc_ray.counterfeits.judge import CONFIRMED, Judge, fit_judges, judged_success
 from ccc_ray.counterfeits.keep import score_as_stored
 from ccc_ray.counterfeits.quality import dequantize, nearest_distances
 from ccc_ray.counterfeits.scorecard import (
@@ -164,8 +164,10 @@ def run_scorecard_on_ray(job: JobConfig, progress=print, store_dir: Path | str |
 
 
 def judged_samples(attack: FamilyAttack, verdicts: list[str], per_row: int = GRID_SAMPLES):
-    """Up to `per_row` samples that fooled the deployed model, with target and verdict: the report's grid."""
-    picked = [index for index, verdict in enumerate(verdicts) if verdict][:per_row]
+    """Up to `per_row` samples that fooled the deployed model, with target and verdict: the report's grid,
+    failures (far, wrong) first."""
+    picked = sorted((index for index, verdict in enumerate(verdicts) if verdict),
+                    key=lambda index: verdicts[index] == CONFIRMED)[:per_row]
     return attack.images[picked], attack.targets[picked], [verdicts[index] for index in picked]
 
 

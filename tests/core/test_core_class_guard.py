@@ -136,3 +136,36 @@ def test_the_guard_option_selects_the_kind(setting, shape, kind):
 def test_an_unknown_guard_option_is_refused():
     with pytest.raises(CccError, match="class_pixels"):
         load_job(None, {"harden.guard": "classes"})
+
+
+def test_sharpening_reaches_the_confident_share_on_training_images_and_is_saved(tmp_path, digits,
+                                                                              digits_classifier_file):
+    trained, info = load_classifier(digits_classifier_file)
+    config = info.config
+    with torch.no_grad():  # right but timid: the last layer's logits a tenth of the trained ones
+        last = [module for module in trained.modules() if isinstance(module, nn.Linear)][-1]
+        last.weight.mul_(0.1)
+        last.bias.mul_(0.1)
+    model = widen_classifier(trained, digits.image_shape).eval()
+    guard = ClassDataGuard.fit(model, digits.train_images, digits.train_labels, 90, 99.9, 0.98, True).eval()
+    before = save_classifier(tmp_path / "before.safetensors", guard, config, digits.image_shape, NAMES, "digits",
+                             True)
+    with torch.no_grad():
+        own = guard(digits.train_images).softmax(1).gather(1, digits.train_labels[:, None])
+    assert float((own >= 0.99).double().mean()) < 0.1
+    guard.sharpen(digits.train_images, digits.train_labels, 0.99, 0.3)
+    assert 0.05 <= float(guard.temperature) < 1
+    with torch.no_grad():
+        own = guard(digits.train_images).softmax(1).gather(1, digits.train_labels[:, None])
+    # On its training images the guard weighs 1, so the share it was fitted to holds there, and only just.
+    assert 0.3 <= float((own >= 0.99).double().mean()) < 0.32
+    info = save_classifier(tmp_path / "c.safetensors", guard, config, digits.image_shape, NAMES, "digits", True)
+    assert info.guard["temperature"] == pytest.approx(float(guard.temperature))
+    assert info.sha256 != before.sha256  # the temperature is part of what the fingerprint covers
+    loaded, _ = load_classifier(tmp_path / "c.safetensors", digits.image_shape, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded(digits.test_images), guard(digits.test_images))
+    export_onnx(loaded, tmp_path / "c.onnx", NAMES, digits.image_shape, "not_reject", 0.5, True)
+    assert check_parity(loaded, tmp_path / "c.onnx", digits.test_images) <= 1e-5
+    with pytest.raises(CccError, match="confident share"):
+        guard.sharpen(digits.train_images, digits.train_labels, 0.99, 1.0)
