@@ -17,9 +17,10 @@ What we build (the paper is binary; we generalise to K classes with an explicit 
   over all K + 1 outputs (so "target, not fake"), the mean mask (sparsity), the mean L1 change, the mask's
   total variation (one region rather than speckle), and one cycle: translating the counterfactual back to
   the source class should give back the source (L1);
-- optional (ours, off by default as in the paper): PGD-perturbed real images labelled with their class in
-  the joint model's loss (`adversarial_weight`), which made the joint model robust in the strict K + 1
-  reading on digits at a cost in defect saliency (docs/BENCHMARKS.md, issue 14, run A).
+- ours, on by default (`adversarial_weight` 1.0; 0 trains as the paper does, as does
+  configs/counterfactual_paper.yaml): PGD-perturbed real images labelled with their class in the joint
+  model's loss, which made the joint model robust in the strict K + 1 reading on digits at a cost in
+  defect saliency (docs/BENCHMARKS.md, issue 14, run A).
 
 Contract: sources and counterfactuals are float32 N x C x H x W in [0, 1] of the data's shape; targets
 int64 in [0, K) and never the source's class; masks N x H x W float32 in [0, 1]. The translation has no
