@@ -17,6 +17,8 @@ from ccc_ray.methods.base import (
     SearchResult,
     TrainedMethod,
     TrainingSchedule,
+    real_batches,
+    real_data_loader,
     step_generator,
 )
 from ccc_ray.methods.counterfactual import CounterfactualGAN
@@ -70,4 +72,4 @@ register_method(SubstrateGan)
 
 __all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
-           "register_method", "step_generator"]
+           "real_batches", "real_data_loader", "register_method", "step_generator"]
