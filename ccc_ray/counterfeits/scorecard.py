@@ -31,7 +31,6 @@ Contract: images uint8 N x C x H x W as stored; targets int64 N in [0, K).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -49,7 +48,7 @@ from ccc_ray.counterfeits.search import ONNX, AttackTarget, build_search, held_o
 from ccc_ray.data.dataset import ImageDataset
 from ccc_ray.errors import CccError
 from ccc_ray.methods import (METHODS, MethodContext, SearchMethod, TrainedMethod, TrainingSchedule, method_class,
-                             step_generator)
+                             real_batches, real_data_loader, step_generator)
 from ccc_ray.methods.map_elites import EvolutionSchedule
 from ccc_ray.ood.metrics import acceptance_threshold
 from ccc_ray.ood.scores import OOD_SCORES, ood_score
@@ -204,12 +203,7 @@ def train_in_process(method: TrainedMethod, dataset: ImageDataset) -> None:
     data = method.training_data(dataset)
     batches = None
     if data is not None:
-        loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                             generator=torch.Generator().manual_seed(config.seed))
-        if len(loader) == 0:
-            raise CccError(f"{method.name}: its training data has {len(data)} images, fewer than one batch of "
-                           f"{config.batch_size}; lower --{method.name}.batch_size")
-        batches = itertools.chain.from_iterable(itertools.repeat(loader))
+        batches = real_batches(*real_data_loader(method.name, data, config.batch_size, config.seed), method.step)
     while method.step < config.steps:
         batch = None if batches is None else tuple(part.to(method.device) for part in next(batches))
         method.training_step(batch, step_generator(config.seed, 0, method.step, method.device), config.batch_size)

@@ -18,6 +18,8 @@ from ccc_ray.methods.base import (
     SearchResult,
     TrainedMethod,
     TrainingSchedule,
+    real_batches,
+    real_data_loader,
     step_generator,
 )
 from ccc_ray.methods.counterfactual import CounterfactualGAN
@@ -75,4 +77,4 @@ register_method(RealSquare)
 
 __all__ = ["METHODS", "ClassifierFn", "CounterfeitMethod", "MethodContext", "MethodInfo", "RealImageSearch", "Sampled",
            "SearchMethod", "SearchResult", "TrainedMethod", "TrainingSchedule", "method_class", "method_infos",
-           "register_method", "step_generator"]
+           "real_batches", "real_data_loader", "register_method", "step_generator"]

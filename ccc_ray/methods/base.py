@@ -251,6 +251,36 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device | str) 
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank * 10_007 + step)
 
 
+def real_data_loader(name: str, data: torch.utils.data.Dataset, batch_size: int, seed: int, rank: int = 0,
+                     world: int = 1) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DistributedSampler]:
+    """Rank `rank`'s loader of `data` (batches of `batch_size`, its share of the global batch) and its sampler.
+
+    Every loop that trains a method streams from this (Ray Train's, the in-process one): each epoch one
+    permutation seeded by (seed, epoch), dealt across the `world` ranks, so a 1-worker run and the in-process
+    loop see the same batches, and the ranks of an N-worker run see between them the 1-worker run's batch.
+    """
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                                  drop_last=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=True)
+    if len(loader) == 0:
+        raise CccError(f"{name}: its training data has {len(data)} images, fewer than one batch of {batch_size} "
+                       f"per worker; lower --{name}.batch_size")
+    return loader, sampler
+
+
+def real_batches(loader: torch.utils.data.DataLoader, sampler: torch.utils.data.DistributedSampler,
+                 start_step: int):
+    """Endless batches from `loader`, positioned at `start_step` (so a resumed run continues the same order)."""
+    per_epoch = max(1, len(loader))
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield batch
+        skip, epoch = 0, epoch + 1
+
+
 class TrainedMethod(CounterfeitMethod):
     """A method with modules to fit, one optimiser step at a time, so orchestration drives the loop.
 

@@ -17,13 +17,13 @@ from dataclasses import asdict
 import ray.train
 import ray.train.torch
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, save_classifier
 from ccc_ray.data.sources import load_dataset
 from ccc_ray.errors import CccError
 from ccc_ray.job import JobConfig
-from ccc_ray.methods import MethodContext, TrainedMethod, method_class, step_generator
+from ccc_ray.methods import (MethodContext, TrainedMethod, method_class, real_batches, real_data_loader,
+                             step_generator)
 from ccc_ray.methods.generator_file import save_generator
 from ccc_ray.orchestration.checkpoints import checkpoint_to_report, load_checkpoint_state
 from ccc_ray.orchestration.ray_runtime import claim_run, fit, quiet_worker_logs
@@ -31,18 +31,6 @@ from ccc_ray.store.files import ensure_writable_dir
 from ccc_ray.tuning.objective import generator_objective
 
 TRAINED_KINDS = ("generator", "joint")
-
-
-def real_batches(loader: DataLoader, sampler: DistributedSampler, start_step: int):
-    """Endless batches from `loader`, positioned at `start_step` (so a resumed run continues the same order)."""
-    per_epoch = max(1, len(loader))
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        sampler.set_epoch(epoch)
-        for index, batch in enumerate(loader):
-            if index >= skip:
-                yield batch
-        skip, epoch = 0, epoch + 1
 
 
 def build_method(job: JobConfig, cls: type[TrainedMethod], info: ClassifierInfo, classifier,
@@ -77,12 +65,7 @@ def method_train_loop(loop_config: dict) -> None:
     training_data = method.training_data(dataset)
     batches = None
     if training_data is not None:
-        sampler = DistributedSampler(training_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed,
-                                     drop_last=True)
-        loader = DataLoader(training_data, batch_size=per_worker_batch, sampler=sampler, drop_last=True)
-        if len(loader) == 0:
-            raise CccError(f"{cls.name}: its training data has {len(training_data)} images, fewer than one batch "
-                           f"of {per_worker_batch} per worker; lower --{cls.name}.batch_size")
+        loader, sampler = real_data_loader(cls.name, training_data, per_worker_batch, config.seed, rank, world)
         batches = real_batches(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False), sampler,
                                method.step)
 

@@ -54,8 +54,7 @@ def test_two_workers_reach_the_figures_of_one(ray_cluster, tmp_path, digits_clas
     results = {}
     for workers in (1, 2):
         # Without the adversarial reals (the paper's setting): this test is about sharding and gradient
-        # averaging; at 150 steps the adversarial term's extra variance put the two runs 0.105 apart once
-        # (tolerance 0.1). The fault test (tests/platform) trains with the default and must match bit for bit.
+        # averaging. The fault test (tests/platform) trains with the default and must match bit for bit.
         config = job(tmp_path, f"w{workers}", digits_classifier_file,
                      **{"run.num_workers": workers, f"{METHOD}.adversarial_weight": 0.0})
         if workers == 1:  # the reference: the plain loop in this process, as in test_ray_generator_training.py
@@ -68,6 +67,10 @@ def test_two_workers_reach_the_figures_of_one(ray_cluster, tmp_path, digits_clas
     print(results)
     # A short run: the point is that 2 workers (half the batch each, gradients averaged) match 1, not the level.
     assert one["target_rate"] >= 0.6 and two["target_rate"] >= 0.6
+    # Two single runs differ by chance, not by worker count: over seeds 0-9 two minus one had mean -0.006 and
+    # standard deviation 0.037 in target rate (largest 0.071), so 0.1 is 2.7 standard deviations. That holds
+    # because both runs see the same batch each step (methods.base.real_data_loader); when the reference
+    # drew its own order the deviation was 0.080 and 2 of the 10 seeds missed 0.1.
     assert abs(one["target_rate"] - two["target_rate"]) <= 0.1
     assert abs(one["mean_l1"] - two["mean_l1"]) <= 0.2 * one["mean_l1"]
     for reading in ("joint_class_head", "joint_k_plus_1"):
