@@ -25,10 +25,20 @@ from ccc_ray.classifiers.guard import ClassDataGuard, DataGuard, unguarded  # no
 from ccc_ray.classifiers.weights import load_classifier, save_classifier  # noqa: E402
 from ccc_ray.data.sources import DataConfig, load_dataset  # noqa: E402
 
-# (name, guard kind, edge percentile, sharpened to this share of training images at the bar; 0: not)
-VARIANTS = [("none", None, 0, 0.0), ("pixels-90", "pixels", 90, 0.0), ("class-90", "class_pixels", 90, 0.0),
-            ("class-95", "class_pixels", 95, 0.0), ("class-90-sharp95", "class_pixels", 90, 0.95),
-            ("class-95-sharp95", "class_pixels", 95, 0.95), ("class-97-sharp95", "class_pixels", 97, 0.95)]
+VARIANTS = ("none,pixels-90,class-90,class-95,class-90-sharp95,class-95-sharp95,class-97-sharp95,"
+            "class-95-margin95-sharp95,class-95-margin90-sharp95,class-97-margin97-sharp97")
+
+
+def parse_variant(name: str) -> tuple[str | None, float, float, float]:
+    """'none', 'pixels-E' or 'class-E[-marginM][-sharpS]' -> (guard kind, edge percentile, margin percentile
+    (0: none), share of training images sharpened to the bar (0: not))."""
+    parts = name.split("-")
+    if parts[0] == "none":
+        return None, 0.0, 0.0, 0.0
+    kind = {"pixels": "pixels", "class": "class_pixels"}[parts[0]]
+    margin = next((float(p[6:]) for p in parts if p.startswith("margin")), 0.0)
+    share = next((float(p[5:]) / 100 for p in parts if p.startswith("sharp")), 0.0)
+    return kind, float(parts[1]), margin, share
 
 
 def main() -> None:
@@ -36,7 +46,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--scales", default="10")
     parser.add_argument("--families", default="direct_encoding,cppn,gradient_ascent,real_pgd,real_square")
-    parser.add_argument("--variants", default=",".join(name for name, *_ in VARIANTS))
+    parser.add_argument("--variants", default=VARIANTS, help="comma-separated: none, pixels-E, "
+                                                              "class-E[-marginM][-sharpS]")
     parser.add_argument("--data", default="digits")
     args, extra = parser.parse_known_args()
     run = args.run.absolute()
@@ -45,17 +56,17 @@ def main() -> None:
     model, info = load_classifier(report["hardened"], dataset.image_shape, dataset.num_classes)
     inner = unguarded(model).eval()
     bar = report.get("confidence_bar", 0.99)
-    chosen = set(args.variants.split(","))
     print("| variant | clean accuracy | real >= bar | temperature | " + " | ".join(args.families.split(",")) + " |")
     print("|---|---|---|---|" + "---|" * len(args.families.split(",")))
-    for name, kind, edge, share in VARIANTS:
-        if name not in chosen:
-            continue
+    for name in args.variants.split(","):
+        kind, edge, margin, share = parse_variant(name)
         if kind == "pixels":
             variant = DataGuard.fit(inner, dataset.train_images, edge, 99.9, 0.98, info.reject_class)
         elif kind == "class_pixels":
             variant = ClassDataGuard.fit(inner, dataset.train_images, dataset.train_labels, edge, 99.9, 0.98,
                                          info.reject_class)
+            if margin:
+                variant.with_margin(dataset.train_images, dataset.train_labels, margin, 99.9)
         else:
             variant = inner
         if share:

@@ -141,9 +141,14 @@ class HardenSettings:
                                      "before each classifier step (0: no generator)", ge=0)
     mine_pool: int = option(4, "adaptive: candidates drawn per outlier kept; the most accepted are kept (ATOM; "
                                "1: no mining)", ge=1)
-    pgd_steps: int = option(10, "adaptive: PGD steps pushing each outlier toward acceptance as a class (0: none)",
-                            ge=0)
-    pgd_epsilon: float = option(0.3, "adaptive: L-infinity radius of the PGD perturbation, in pixel units", ge=0)
+    pgd_steps: int = option(10, "adaptive: PGD steps pushing each outlier toward acceptance as a class (0: none); "
+                                "reject with adversarial_reals: PGD steps on the real images", ge=0)
+    pgd_epsilon: float = option(0.3, "adaptive, and reject with adversarial_reals: L-infinity radius of the PGD "
+                                     "perturbation, in pixel units", ge=0)
+    adversarial_reals: float = option(0.0, "reject: share of each batch's real images also trained as reject after "
+                                           "targeted PGD toward a random wrong class (pgd_steps steps within "
+                                           "pgd_epsilon): the near-but-wrong images a person still calls their own "
+                                           "class", ge=0, le=1)
     reject_weight: float = option(1.0, "adaptive: reject-class weight relative to one average real class", gt=0)
     eval_fraction: float = option(0.3, "share of counterfeit rows held out for evaluation (split by row id)",
                                   gt=0, lt=1)
@@ -172,6 +177,11 @@ class HardenSettings:
                                                 "confidence stays <= guard_cap", gt=0, lt=100)
     guard_reject_percentile: float = option(99.9, "guard: at this percentile of those distances the answer is half "
                                                   "reject; beyond it, reject", gt=0, le=100)
+    guard_margin_percentile: float = option(0.0, "class_pixels guard: confidence in class k also fades once the image "
+                                                 "is not clearly nearer to class-k training images than to any other "
+                                                 "class: capped from this percentile of the training images' own "
+                                                 "ratio (nearest own-class / nearest other-class distance) on; "
+                                                 "0 = no margin rule", ge=0, lt=100)
     guard_confident_share: float = option(0.0, "guard: sharpen the hardened model's answers (one temperature, "
                                                "fitted on the training images) until this share of training images "
                                                "is answered >= keep.confidence_bar on its own class; 0 = as trained",

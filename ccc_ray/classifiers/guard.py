@@ -105,8 +105,6 @@ class DataGuard(nn.Module):
         # [edge, reject, cap, slope]: one row here, one per class in ClassDataGuard
         self.register_buffer("guard_constants", torch.stack([edge, reject, torch.full_like(edge, cap), slope],
                                                             dim=-1).float())
-        # The classifier's logits are divided by it first (`sharpen`); a buffer, so the fingerprint sees it.
-        self.register_buffer("temperature", torch.tensor(1.0))
 
     @classmethod
     def empty(cls, classifier: nn.Module, count: int, values: int, reject_class: bool) -> "DataGuard":
@@ -186,16 +184,18 @@ class DataGuard(nn.Module):
             for _ in range(30):
                 middle = (low + high) / 2
                 low, high = (middle, high) if share(middle) >= confident_share else (low, middle)
-            self.temperature.fill_(low)  # the largest feasible one found (0.05 where none is)
+            # A buffer, registered only when sharpened (files without one load unchanged): the fingerprint and
+            # the ONNX export carry it. The largest feasible temperature found (0.05 where none is).
+            self.register_buffer("temperature", torch.tensor(low, device=self.reference.device))
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Files saved before sharpening have no temperature: theirs is 1.
-        state_dict.setdefault(prefix + "temperature", torch.tensor(1.0))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    @property
+    def sharpened(self) -> bool:
+        return "temperature" in self._buffers
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.guarded_logits(self.classifier(images).float() / self.temperature, *self.log_weight(images))
+        logits = self.classifier(images).float()
+        return self.guarded_logits(logits / self.temperature if self.sharpened else logits, *self.log_weight(images))
 
     def guarded_logits(self, logits: torch.Tensor, log_g: torch.Tensor, log_not_g: torch.Tensor) -> torch.Tensor:
         """The rule of the module docstring on the (tempered) classifier's logits and the guard's weights."""
@@ -213,7 +213,7 @@ class DataGuard(nn.Module):
         return {"kind": self.kind, "space": "pixels", "reference_images": int(self.reference.shape[0]),
                 "values_per_image": int(self.reference.shape[1]), "edge_distance": edge,
                 "reject_distance": reject, "cap": cap, "slope": slope, "reject_class": self.reject_class,
-                "temperature": float(self.temperature)}
+                "temperature": float(self.temperature) if self.sharpened else None}
 
 
 class ClassDataGuard(DataGuard):
@@ -240,6 +240,54 @@ class ClassDataGuard(DataGuard):
               classes: int = 2) -> "ClassDataGuard":
         return cls(classifier, torch.zeros(count, values), torch.ones(classes), torch.full((classes,), 2.0), 0.9,
                    reject_class)
+
+    @property
+    def has_margin(self) -> bool:
+        return "margin_constants" in self._buffers
+
+    def with_margin(self, train_images: torch.Tensor, train_labels: torch.Tensor, edge_percentile: float,
+                    reject_percentile: float) -> "ClassDataGuard":
+        """Add the margin rule: confidence in class k also fades with the ratio
+        r_k(x) = d_k(x) / min_{j != k} d_j(x) (nearest class-k image against the nearest image of any other
+        class), capped at `cap` from the `edge_percentile`-th percentile of the training images' own ratio
+        (leave-one-out within their class) and half at the `reject_percentile`-th. Why (issue 24): the
+        distance rule alone lets an image halfway between real 9s and real 3s be a confident 3 once it is
+        within the 3s' edge; what a person calls it is then a coin toss, and the margin rule asks the image to
+        be clearly nearer to 3s. It is a nearest-image rule, so it must be judged by the ensemble or a model
+        of the user's, never by the nearest-image vote alone."""
+        _check_percentiles(edge_percentile, reject_percentile)
+        ratios = []
+        for k, group in enumerate(images_by_class(train_images, train_labels)):
+            others = train_images[train_labels != k].flatten(1).float()
+            other = torch.cat([torch.cdist(group.flatten(1).float()[i:i + CALIBRATION_CHUNK], others).min(1).values
+                               for i in range(0, len(group), CALIBRATION_CHUNK)])
+            ratios.append(leave_one_out_distances(group) / other.clamp_min(1e-6))
+        ratio = torch.cat(ratios).double()
+        edge = float(torch.quantile(ratio, edge_percentile / 100))
+        reject = float(torch.quantile(ratio, reject_percentile / 100))
+        if not 0 < edge < reject:
+            raise CccError(f"class data guard: the margin's edge ratio ({edge:.4g}) must be positive and below its "
+                           f"reject ratio ({reject:.4g}); raise harden.guard_reject_percentile")
+        cap = float(self.guard_constants[0, 2])
+        # [edge ratio, reject ratio, slope]: a buffer registered only here (files without one load unchanged)
+        self.register_buffer("margin_constants",
+                             torch.tensor([edge, reject, math.log(cap / (1 - cap)) / (reject - edge)],
+                                          device=self.reference.device))
+        return self
+
+    def log_weight(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log g, log(1 - g)), N x K: the distance rule's weight, times the margin rule's where it is on."""
+        log_g, log_not_g = super().log_weight(images)
+        if not self.has_margin:
+            return log_g, log_not_g
+        distances = self.distances(images)
+        nearest = distances.min(dim=1, keepdim=True).values
+        is_nearest = distances <= nearest
+        second = (distances + is_nearest.float() * 1e6).min(dim=1, keepdim=True).values
+        ratio = distances / torch.where(is_nearest, second, nearest).clamp_min(1e-6)
+        edge, reject, slope = self.margin_constants
+        log_g = log_g + F.logsigmoid(slope * (reject - ratio))
+        return log_g, torch.log((1 - torch.exp(log_g)).clamp_min(1e-30))
 
     @classmethod
     def fit(cls, classifier: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
@@ -271,7 +319,9 @@ class ClassDataGuard(DataGuard):
                 "values_per_image": int(self.reference.shape[1]), "classes": self.classes,
                 "edge_distance": self.edge_distance, "reject_distance": self.reject_distance, "cap": float(cap[0]),
                 "edge_distances": edge.tolist(), "reject_distances": reject.tolist(), "slopes": slope.tolist(),
-                "reject_class": self.reject_class, "temperature": float(self.temperature)}
+                "reject_class": self.reject_class,
+                "temperature": float(self.temperature) if self.sharpened else None,
+                "margin_ratios": self.margin_constants[:2].tolist() if self.has_margin else None}
 
 
 def images_by_class(images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -315,6 +365,11 @@ def empty_guard(classifier: nn.Module, description: dict, reject_class: bool) ->
     else:
         raise CccError(f"data guard: unknown kind {kind!r} in the classifier file (this version knows "
                        f"{DataGuard.kind!r} and {ClassDataGuard.kind!r})")
+    # Buffers a guard has only when sharpened or given the margin rule: make room for them to load into.
+    if description.get("temperature") is not None:
+        guard.register_buffer("temperature", torch.tensor(1.0))
+    if description.get("margin_ratios") is not None:
+        guard.register_buffer("margin_constants", torch.zeros(3))
     return guard
 
 

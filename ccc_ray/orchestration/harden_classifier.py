@@ -38,7 +38,7 @@ from ccc_ray.classifiers.weights import ClassifierInfo, classifier_from_bytes, s
 from ccc_ray.classifiers.widen import widen_classifier
 from ccc_ray.counterfeits.far import PIXELS, FarFromData, fit_far_rule
 from ccc_ray.data.sources import load_dataset
-from ccc_ray.hardening.adaptive import AdaptiveOutliers, noise_images
+from ccc_ray.hardening.adaptive import AdaptiveOutliers, noise_images, pgd_toward_classes
 from ccc_ray.hardening.losses import balanced_class_weights, outlier_exposure_loss, reject_class_loss
 from ccc_ray.hardening.pool import SCAN_ROWS, CounterfeitWindow, PoolScan, scan_pool, training_rows
 from ccc_ray.errors import CccError
@@ -161,6 +161,10 @@ def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: in
         batch_images = random_shift(batch_images, 1, shift).to(device)
         batch_labels = batch_labels.to(device)
         if cfg.mode == "reject":
+            if cfg.adversarial_reals:
+                batch_images, batch_labels = with_adversarial_reals(
+                    getattr(model, "module", model), batch_images, batch_labels, parts.class_weights.numel() - 1,
+                    cfg, attack)
             loss = reject_class_loss(model(batch_images), batch_labels, parts.class_weights)
         elif cfg.mode == "adaptive":
             outliers = parts.adaptive.outliers(getattr(model, "module", model), attack, device)
@@ -183,6 +187,23 @@ def hardening_epoch(parts: HardeningParts, cfg: HardenSettings, device, seed: in
     if window is not None:
         window.finish_epoch()
     return total / max(count, 1)
+
+
+def with_adversarial_reals(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, reject: int,
+                           cfg: HardenSettings, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch plus `adversarial_reals` of its real images moved by targeted PGD toward a random wrong class
+    (`pgd_steps` steps within `pgd_epsilon`, L-inf), labelled reject (the last output). Why (issue 24): a real 9
+    pushed until the model calls it "3" is what a user sees as confidently wrong; trained as reject, the
+    model stops answering a class on the perturbations that make it change its mind (Madry et al.'s
+    adversarial training, with the reject class of seed 002's joint model as the label)."""
+    real = torch.nonzero(labels < reject).squeeze(1)
+    count = int(len(real) * cfg.adversarial_reals)
+    if count == 0:
+        return images, labels
+    chosen = real[torch.randperm(len(real), generator=rng)[:count].to(real.device)]
+    wrong = (labels[chosen] + torch.randint(1, reject, (count,), generator=rng).to(labels.device)) % reject
+    moved = pgd_toward_classes(model, images[chosen], wrong, cfg.pgd_steps, cfg.pgd_epsilon)
+    return torch.cat([images, moved]), torch.cat([labels, torch.full_like(wrong, reject)])
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -286,6 +307,9 @@ def guarded(job: JobConfig, model: torch.nn.Module, dataset) -> torch.nn.Module:
         guard = DataGuard.fit(model, dataset.train_images, *fitting)
     elif kind == ClassDataGuard.kind:
         guard = ClassDataGuard.fit(model, dataset.train_images, dataset.train_labels, *fitting)
+        if cfg.guard_margin_percentile:
+            guard.with_margin(dataset.train_images, dataset.train_labels, cfg.guard_margin_percentile,
+                              cfg.guard_reject_percentile)
     else:
         return model
     if cfg.guard_confident_share:

@@ -169,3 +169,24 @@ def test_sharpening_reaches_the_confident_share_on_training_images_and_is_saved(
     assert check_parity(loaded, tmp_path / "c.onnx", digits.test_images) <= 1e-5
     with pytest.raises(CccError, match="confident share"):
         guard.sharpen(digits.train_images, digits.train_labels, 0.99, 1.0)
+
+
+def test_the_margin_rule_refuses_confidence_halfway_between_two_classes(tmp_path):
+    """Two overlapping clusters: the point between them is within both classes' edge, so the distance rule
+    lets either answer through; the margin rule asks it to be clearly nearer to the class it names."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.45] * 4, [0.55] * 4])
+    images = (centres[:, None] + 0.1 * torch.rand(2, 30, 4, generator=generator) - 0.05).reshape(-1, *SHAPE)
+    labels = torch.arange(2).repeat_interleave(30)
+    between = centres.mean(0).reshape(1, *SHAPE)
+    for k in range(2):
+        plain = ClassDataGuard.fit(Always(k, 3), images, labels, 90, 99.9, 0.98, True).eval()
+        guard = ClassDataGuard.fit(Always(k, 3), images, labels, 90, 99.9, 0.98, True).eval()
+        guard.with_margin(images, labels, 95, 99.9)
+        with torch.no_grad():
+            assert float(plain(between).softmax(1)[0, k]) >= 0.99
+            assert float(guard(between).softmax(1)[0, k]) <= 0.98 + 1e-6
+            assert (guard(images[labels == k]).softmax(1)[:, k] >= 0.99).all()  # its own training images
+    config = ClassifierConfig()
+    info = save_classifier(tmp_path / "m.safetensors", guard, config, SHAPE, ["a", "b"], "toy", True)
+    assert info.guard["margin_ratios"] == pytest.approx(guard.margin_constants[:2].tolist())

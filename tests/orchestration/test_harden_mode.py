@@ -44,3 +44,24 @@ def test_the_hardened_model_gets_the_guard_the_option_names(digits, setting, kin
     model = widen_classifier(build_classifier(ClassifierConfig(), digits.image_shape, 10), digits.image_shape)
     wrapped = guarded(job, model.eval(), digits)
     assert type(wrapped) is kind if kind else wrapped is model
+
+
+def test_adversarial_reals_join_the_batch_as_reject_within_epsilon(digits):
+    import torch
+
+    from ccc_ray.orchestration.harden_classifier import with_adversarial_reals
+
+    model = widen_classifier(build_classifier(ClassifierConfig(), digits.image_shape, 10), digits.image_shape)
+    cfg = load_job(None, {"harden.adversarial_reals": 0.5, "harden.pgd_steps": 3}).harden
+    images, labels = digits.train_images[:20], digits.train_labels[:20].clone()
+    labels[:4] = 10  # counterfeit rows of the batch are never perturbed
+    out_images, out_labels = with_adversarial_reals(model, images, labels, 10, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out_images[:20], images) and torch.equal(out_labels[:20], labels)
+    assert len(out_images) == 20 + 8 and (out_labels[20:] == 10).all()
+    moved = out_images[20:]
+    sources = torch.stack([min(images[4:], key=lambda real: float((real - m).abs().max())) for m in moved])
+    assert float((moved - sources).abs().max()) <= 0.3 + 1e-6 and float((moved - sources).abs().max()) > 0.05
+    assert moved.min() >= 0 and moved.max() <= 1
+    # the same generator seed moves the same rows the same way
+    again = with_adversarial_reals(model, images, labels, 10, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], out_images)
