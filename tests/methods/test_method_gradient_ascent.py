@@ -1,8 +1,6 @@
 import pytest
 import torch
 
-from ccc_ray.classifiers.small_cnn import SmallCNN
-from ccc_ray.classifiers.training import train_epoch
 from ccc_ray.errors import CccError
 from ccc_ray.methods.base import CounterfeitMethod, MethodContext
 from ccc_ray.methods.gradient_ascent import GradientAscent, GradientAscentConfig
@@ -18,17 +16,9 @@ ALL = torch.arange(10)
 
 
 @pytest.fixture(scope="module")
-def classifier(digits):
-    """A SmallCNN trained for 10 epochs on digits (about 98% test accuracy, a few seconds)."""
-    torch.manual_seed(1)
-    model = SmallCNN(digits.image_shape, digits.num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(digits.train_images, digits.train_labels),
-                                         batch_size=64, shuffle=True, generator=generator)
-    for _ in range(10):
-        train_epoch(model, loader, optimizer, torch.device("cpu"), 1, generator)
-    return model.eval()
+def classifier(digits_cnn):
+    """The session's SmallCNN trained for 10 epochs on digits (tests/conftest.py)."""
+    return digits_cnn
 
 
 def confidences(model, images, targets):
