@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccc_ray.classifiers.training import predict_logits
+from ccc_ray.classifiers.training import predict_logits, random_shift
 from ccc_ray.config import option
 from ccc_ray.counterfeits.quality import dequantize
 from ccc_ray.errors import CccError
@@ -60,7 +60,9 @@ class JudgeSettings:
                                "every one is reported, the figure is the worst")
     members: int = option(3, "ensemble: MLPs, each with its own seed", ge=1)
     hidden: int = option(512, "ensemble: units of each MLP's two hidden layers", ge=8)
-    epochs: int = option(40, "ensemble: training epochs of each MLP", ge=1)
+    epochs: int = option(60, "ensemble: training epochs of each MLP", ge=1)
+    max_shift: int = option(-1, "ensemble: random translation of training images, in pixels; -1 = auto (none "
+                                "below 16 px, 1 from 16 px up)", ge=-1)
     nearest_k: int = option(3, "nearest: real training images that vote", ge=1)
     seed: int = option(0, "ensemble: seed of the first member (the others follow)")
 
@@ -113,8 +115,11 @@ def mlp(image_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Modul
 
 def train_mlp(images: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: JudgeSettings,
               seed: int) -> nn.Module:
-    """One member: Adam with a cosine schedule, its own seed for weights and data order. No random shifts:
-    on 8x8 digits a one-pixel shift cost the MLPs 4 points of held-out accuracy (95.0% against 99.2%)."""
+    """One member: Adam with a cosine schedule, its own seed for weights and data order, random shifts by
+    image size (`max_shift`: on 8x8 digits a one-pixel shift cost the MLPs 4 points of held-out accuracy,
+    95.0% against 99.2%; on 28x28 MNIST going without cost them 3.5, 94.5% against 97.9%; 60 epochs: digits
+    99.4%, mnist_5k 98.1%)."""
+    shift = settings.max_shift if settings.max_shift >= 0 else int(images.shape[-1] >= 16)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -128,7 +133,7 @@ def train_mlp(images: torch.Tensor, labels: torch.Tensor, num_classes: int, sett
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(order) - batch + 1, batch):
                 rows = order[start:start + batch]
-                loss = F.cross_entropy(model(images[rows]), labels[rows])
+                loss = F.cross_entropy(model(random_shift(images[rows], shift, generator)), labels[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -213,7 +218,8 @@ _ENSEMBLES: dict[tuple, MlpEnsemble] = {}  # (data fingerprint, settings) -> the
 def ensemble_judge(settings: JudgeSettings, dataset) -> MlpEnsemble:
     """The ensemble for `dataset` and `settings`, trained once per process (training is deterministic, so a
     fresh process trains the same one): the pipeline judges every round with it."""
-    key = (data_fingerprint(dataset), settings.members, settings.hidden, settings.epochs, settings.seed)
+    key = (data_fingerprint(dataset), settings.members, settings.hidden, settings.epochs, settings.max_shift,
+           settings.seed)
     if key not in _ENSEMBLES:
         _ENSEMBLES[key] = MlpEnsemble([train_mlp(dataset.train_images, dataset.train_labels, dataset.num_classes,
                                                  settings, settings.seed + 1000 * index)
