@@ -41,9 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccc_ray.classifiers.training import predict_logits, random_shift
+from ccc_ray.classifiers.weights import load_classifier
 from ccc_ray.config import option
 from ccc_ray.counterfeits.quality import dequantize
 from ccc_ray.errors import CccError
+from ccc_ray.export.onnx_runtime import OnnxClassifier
 
 JUDGE_NAMES = ("ensemble", "nearest")
 JUDGE_FILE_SUFFIXES = (".safetensors", ".onnx")
@@ -183,9 +185,6 @@ class ReferenceModel(Judge):
 
 def reference_model(path: str, dataset) -> ReferenceModel:
     """A user's model file as a judge, checked against the data (image shape, classes); CccError otherwise."""
-    from ccc_ray.classifiers.weights import load_classifier
-    from ccc_ray.export.onnx_runtime import OnnxClassifier
-
     file = Path(path)
     if not file.is_file():
         raise CccError(f"judge.judges: reference model {path!r} does not exist")
