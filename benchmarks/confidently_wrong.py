@@ -71,8 +71,8 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(judges) + "---|---|---|")
     for label, row, _ in rows:
         cells = " | ".join(f"{100 * row['judges'][j]['success_rate']:.0f}%" for j in judges)
-        print(f"| {label} | {row['family']} | {row['budget_scale']:g}x | {cells} | **{100 * row['success_rate']:.0f}%** "
-              f"| {100 * row['confirmed_share']:.0f}% | {row['evaluations']:,} |")
+        print(f"| {label} | {row['family']} | {row['budget_scale']:g}x | {cells} | "
+              f"**{100 * row['success_rate']:.0f}%** | {100 * row['confirmed_share']:.0f}% | {row['evaluations']:,} |")
     print()
     print("judges: " + "; ".join(f"{j['name']} {100 * j['accuracy']:.1f}% ({j['mechanism']})" for j in rows[0][2]))
     for label, figures in clean.items():

@@ -333,12 +333,13 @@ class Scorecard:
     settings: dict
     families: list[FamilyScore]
     wall_seconds: float = 0.0
-    stores: dict = field(default_factory=dict)  # family -> store file of its confident, far samples (if written)
+    stores: dict = field(default_factory=dict)  # family (@xN) -> store file of its confident, not-of-target samples
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_kind": self.model_kind, "classifier_sha256": self.classifier_sha256,
                 "confidence_bar": self.confidence_bar, "ood": dataclasses.asdict(self.decision), "far": self.far,
-                "judges": self.judges, "settings": self.settings, "wall_seconds": self.wall_seconds, "stores": self.stores,
+                "judges": self.judges, "settings": self.settings, "wall_seconds": self.wall_seconds,
+                "stores": self.stores,
                 "families": [row.to_dict() for row in self.families]}
 
 

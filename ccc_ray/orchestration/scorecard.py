@@ -4,8 +4,8 @@ The driver checks everything first (the model file, the data, the families, the 
 fails before Ray starts. The model's bytes go into Ray's object store once; each task rebuilds the model,
 runs its family at the scorecard's budget against the deployed decision and returns the stored images
 with what they cost. The driver judges every family's samples against the model by the same three
-rules (`ccc_ray.counterfeits.scorecard`; the judges are fitted once, on the driver) and writes scorecard.json, scorecard.md and scorecard.png to the
-run folder.
+rules (`ccc_ray.counterfeits.scorecard`; the judges are fitted once, on the driver) and writes
+scorecard.json, scorecard.md, scorecard.png and scorecard-judged.png to the run folder.
 """
 
 from __future__ import annotations
