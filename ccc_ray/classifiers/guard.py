@@ -288,7 +288,7 @@ class ClassDataGuard(DataGuard):
         is_nearest = distances <= nearest
         second = (distances + is_nearest.float() * 1e6).min(dim=1, keepdim=True).values
         ratio = distances / torch.where(is_nearest, second, nearest).clamp_min(1e-6)
-        edge, reject, slope = self.margin_constants
+        reject, slope = self.margin_constants[1], self.margin_constants[2]  # [edge, reject, slope]
         log_g = log_g + F.logsigmoid(slope * (reject - ratio))
         return log_g, torch.log((1 - torch.exp(log_g)).clamp_min(1e-30))
 
